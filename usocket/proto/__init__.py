@@ -1,0 +1,1 @@
+"""Protocols: sans-IO state machines, one module per protocol, driven by the Stack."""
