@@ -25,16 +25,19 @@ good or not computed yet, e.g. a locally generated packet with checksum offload)
   ``icmp.register_error_handler(proto, fn)`` with ``fn(error, ip_header_of_offending,
   offending_l4_bytes)`` where ``error`` is an :class:`usocket.proto.icmp.IcmpError`.
 - ``udp.receive(ip_header, payload, csum_ok)``; endpoints via ``udp.open()``.
+- ``dns.resolve(name, callback)`` / ``dns.resolve_ptr(ip, callback)``: the stub resolver, over UDP.
 """
 from __future__ import annotations
 
 import random
+import struct
 from typing import Any, Callable
 
 from .config import OWN, StackConfig
 from .core.counters import Counters
 from .core.timers import Timer, Timers
 from .proto.arp import ArpLayer
+from .proto.dns import Resolver
 from .proto.ethernet import EthernetLayer
 from .proto.icmp import IcmpLayer
 from .proto.ipv4 import IPv4Layer
@@ -63,6 +66,7 @@ class Stack:
     ipv4_class = IPv4Layer
     icmp_class = IcmpLayer
     udp_class = UdpLayer
+    dns_class = Resolver
 
     def __init__(self, config: StackConfig, *, rng: random.Random | None = None,
                  ports: PortAllocator | None = None, flows: FlowObserver | None = None,
@@ -80,6 +84,9 @@ class Stack:
         self.ipv4 = self.ipv4_class(self)
         self.icmp = self.icmp_class(self)
         self.udp = self.udp_class(self)
+        self.dns = self.dns_class(self)
+        # Transport layers by IP protocol number, asked by the diversion who owns a packet.
+        self.transports: dict[int, Any] = {17: self.udp}
         self._post_init()
 
     def _post_init(self) -> None:
@@ -99,6 +106,20 @@ class Stack:
     def receive_ip(self, packet: bytes | memoryview, now: float) -> None:
         self.now = now
         self.ipv4.receive(packet, False)
+
+    def owns_ip_packet(self, packet: bytes | memoryview) -> bool:
+        """Whether an IPv4 packet handed over by the kernel (NFQUEUE, shared mode) belongs to
+        one of the stack's flows. Cheap: only the protocol and ports are looked at."""
+        if len(packet) < 20:
+            return False
+        ihl = (packet[0] & 0x0F) * 4
+        if len(packet) < ihl + 4 or ihl < 20:
+            return False
+        layer = self.transports.get(packet[9])
+        if layer is None:
+            return False
+        sport, dport = struct.unpack_from("!HH", packet, ihl)
+        return bool(layer.owns(dport, bytes(packet[12:16]), sport))
 
     def poll(self, now: float) -> int:
         self.now = now

@@ -22,6 +22,10 @@ class Counters:
             self._layers[name] = d
             return d
 
+    def adopt(self, name: str, counters: dict[str, int]) -> None:
+        """Show a counter dict kept by someone else (e.g. the diversion) as layer ``name``."""
+        self._layers[name] = counters  # type: ignore[assignment]
+
     def __getitem__(self, name: str) -> defaultdict[str, int]:
         return self.layer(name)
 

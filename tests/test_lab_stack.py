@@ -1,0 +1,184 @@
+"""The whole foundation against the Linux kernel peer, in the lab.
+
+The stack runs in the client namespace (in this process, sockets opened inside the namespace);
+the peer is the kernel's own stack with real servers. The kernel's own TCP/UDP egress in the
+client namespace is REJECTed, so anything that works went through the userland path.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from usocket.dgram import DatagramSocket
+from usocket.runtime import Runtime
+from usocket.wire.addr import ip_aton, mac_aton
+
+pytestmark = pytest.mark.lab
+
+
+def usocket_rules(lab, ns=None):
+    return [r for r in lab.iptables_rules(ns or lab.client_ns) if "usocket" in r.lower() or "NFQUEUE" in r]
+
+
+@pytest.fixture(params=["shared", "own"])
+def mode(request):
+    return request.param
+
+
+@pytest.fixture
+def runtime(lab, mode):
+    lab.block_kernel_egress()
+    rt = Runtime(lab.stack_config(mode))
+    rt.start()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+        assert usocket_rules(lab) == [], "the runtime left diversion rules behind"
+
+
+def stack_ip(lab, mode):
+    return lab.client_ip if mode == "shared" else lab.own_ip
+
+
+def test_arp_resolves_the_peer(lab, runtime, mode):
+    with DatagramSocket(runtime) as s:
+        s.settimeout(5)
+        s.sendto(b"hello", (lab.server_ip, lab.ports["udp_echo"]))
+        data, addr = s.recvfrom(100)
+    assert data == b"hello" and addr == (lab.server_ip, lab.ports["udp_echo"])
+    stack = runtime.stack
+    assert runtime.call(stack.arp.lookup, ip_aton(lab.server_ip)) == mac_aton(lab.server_mac)
+    assert stack.counters.get("arp", "requests_sent") >= 1 or mode == "shared"
+    if mode == "own":
+        # The peer kernel learnt the stack's own address from the stack's ARP answers.
+        neigh = lab.run(lab.server_ns, ["ip", "neigh", "show", lab.own_ip]).stdout
+        assert lab.client_mac.lower() in neigh.lower(), neigh
+
+
+SIZES = [1, 100, 1472, 1473, 8000, 30000, 60000, 65507]
+
+
+def test_udp_echo_all_sizes_with_fragmentation_both_ways(lab, runtime, mode):
+    stack = runtime.stack
+    with DatagramSocket(runtime) as s:
+        s.settimeout(5)
+        s.connect((lab.server_ip, lab.ports["udp_echo"]))
+        for size in SIZES:
+            payload = os.urandom(size)
+            s.send(payload)
+            got = s.recv(70000)
+            assert len(got) == size and hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        assert s.getsockname()[0] == stack_ip(lab, mode)
+    c = stack.counters
+    assert c.get("ipv4", "fragments_tx") > 0  # we fragmented the big ones
+    if mode == "own":
+        assert c.get("ipv4", "reassembled") >= 4  # and reassembled the kernel's fragments
+    assert not c.drops("udp"), c.drops("udp")
+
+
+def test_connected_udp_gets_connection_refused_from_icmp(lab, runtime):
+    with DatagramSocket(runtime) as s:
+        s.settimeout(5)
+        s.connect((lab.server_ip, lab.ports["closed"]))
+        s.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError) as ei:
+            s.recv(10)
+        assert ei.value.errno == errno.ECONNREFUSED
+
+
+def test_dns_through_the_stack_with_kernel_udp_blocked(lab, runtime, mode):
+    from usocket.resolver import Resolver
+
+    res = Resolver(runtime)
+    names = lab.dns_records
+    for name, want in names.items():
+        if want is None:
+            with pytest.raises(socket.gaierror) as ei:
+                res.gethostbyname(name)
+            assert ei.value.errno == socket.EAI_NONAME
+        else:
+            assert res.gethostbyname(name) == want, name
+    queries = lab.dns_queries()
+    assert queries, "dnsmasq saw no query: the names did not come through the stack"
+    assert all(src == stack_ip(lab, mode) for _, _, src in queries), queries
+    assert runtime.stack.counters.get("dns", "queries_sent") >= len(names) - 1
+
+
+def test_shared_mode_kernel_never_answers_the_stacks_flows(lab):
+    """With the diversion, the client kernel sends no ICMP port unreachable for the stack's port."""
+    lab.block_kernel_egress()
+    rt = Runtime(lab.stack_config("shared"))
+    with lab.capture(lab.server_ns, lab.server_if, f"icmp and src host {lab.client_ip}") as pcap:
+        with rt, DatagramSocket(rt) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+            rules = usocket_rules(lab)
+            assert any(f"--dport {port}" in r for r in rules), rules
+            # The server sends to the stack's port from a fresh kernel socket: it must reach us.
+            lab.run(lab.server_ns, [sys.executable, "-c", textwrap.dedent(f"""
+                import socket
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                for i in range(5):
+                    s.sendto(b"x%d" % i, ("{lab.client_ip}", {port}))
+            """)])
+            s.settimeout(5)
+            got = sorted(s.recv(10) for _ in range(5))
+            assert got == [b"x0", b"x1", b"x2", b"x3", b"x4"]
+        assert usocket_rules(lab) == []
+    from scapy.utils import rdpcap
+
+    assert len(rdpcap(pcap)) == 0, "the client kernel answered the stack's traffic"
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, time
+    from usocket.runtime import Runtime
+    from usocket.dgram import DatagramSocket
+    from usocket.config import discover
+    rt = Runtime(discover(netns=sys.argv[1], iface=sys.argv[2], mode="shared")).start()
+    s = DatagramSocket(rt)
+    s.bind(("", 0))
+    print(s.getsockname()[1], flush=True)
+    time.sleep(60)
+""")
+
+
+def _start_child(lab):
+    p = subprocess.Popen([sys.executable, "-c", CHILD, lab.client_ns, lab.client_if],
+                         stdout=subprocess.PIPE, text=True)
+    port = int(p.stdout.readline())
+    return p, port
+
+
+def test_sigkilled_stack_rules_are_cleared_by_the_next_start(lab):
+    p, port = _start_child(lab)
+    try:
+        assert any(f"--dport {port}" in r and f"pid={p.pid}" in r for r in usocket_rules(lab))
+    finally:
+        p.kill()
+        p.wait()
+    assert any(f"pid={p.pid}" in r for r in usocket_rules(lab)), "SIGKILL cannot clean up: rules expected"
+    rt = Runtime(lab.stack_config("shared"))
+    rt.start()
+    try:
+        assert not any(f"pid={p.pid}" in r for r in usocket_rules(lab)), usocket_rules(lab)
+    finally:
+        rt.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_remove_the_rules(lab, sig):
+    p, port = _start_child(lab)
+    assert any(f"pid={p.pid}" in r for r in usocket_rules(lab))
+    p.send_signal(sig)
+    p.wait(timeout=20)
+    assert not any(f"pid={p.pid}" in r for r in usocket_rules(lab)), usocket_rules(lab)
