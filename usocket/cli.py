@@ -14,8 +14,19 @@ import sys
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     from .divert.rules import cleanup
 
-    n = cleanup(netns=args.netns, everything=args.all)
-    print(f"usocket: removed {n} stale rule(s)" + (f" in {args.netns}" if args.netns else ""))
+    targets: list[str | None] = [args.netns]
+    if args.all_namespaces:
+        import subprocess
+
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        targets = [None] + [line.split()[0] for line in out.splitlines() if line.strip()]
+    total = 0
+    for ns in targets:
+        n = cleanup(netns=ns, everything=args.all)
+        total += n
+        if n:
+            print(f"usocket: removed {n} rule(s) in {ns or 'the current namespace'}")
+    print(f"usocket: cleanup done, {total} rule(s) removed")
     return 0
 
 
@@ -51,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cleanup", help="remove diversion rules left by dead usocket processes")
     c.add_argument("--netns", help="network namespace to clean (default: the current one)")
     c.add_argument("--all", action="store_true", help="remove every usocket rule, live owners' too")
+    c.add_argument("--all-namespaces", action="store_true",
+                   help="the current namespace and every named one (ip netns list)")
     c.set_defaults(func=_cmd_cleanup)
     i = sub.add_parser("info", help="print the configuration discovered from the system")
     i.add_argument("--netns", help="discover inside this network namespace")

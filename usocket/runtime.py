@@ -65,7 +65,11 @@ class Runtime:
         with self._lock:
             if self._thread is not None:
                 return self
-            self._open()
+            try:
+                self._open()
+            except BaseException:
+                self._close_resources()
+                raise
             self._running = True
             self._thread = threading.Thread(target=self._run, name="usocket-stack", daemon=True)
             self._thread.start()
@@ -118,7 +122,10 @@ class Runtime:
             self._wake()
             if thread is not threading.current_thread():
                 thread.join(timeout)
-        for closer in (self.divert, self.link):
+        self._close_resources()
+
+    def _close_resources(self) -> None:
+        for closer in (self.divert, self.link if self.link is not None else self._link):
             if closer is not None:
                 try:
                     closer.close()

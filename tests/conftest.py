@@ -1,0 +1,106 @@
+"""Shared pytest set-up: the ``lab`` marker and the ``lab`` / ``make_lab`` fixtures.
+
+A test marked ``lab`` (or using a lab fixture, which marks it) needs root and ``ip netns``. When
+those are missing it is skipped, except under ``CI=true``, where it fails: CI must not silently
+skip the real-network tests. ``USOCKET_LAB_UNAVAILABLE=<reason>`` pretends the lab is missing
+(to test that path). At session start, labs left by dead processes are removed.
+
+Lab fixtures tear down with an audit: a usocket/NFQUEUE rule or USOCKET chain left in the lab's
+namespaces (a stack that did not undo its diversion), a namespace, /etc/netns dir or temp dir
+that survived, or a usocket/NFQUEUE rule in the root namespace fails the test, naming what was left.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from usocket.lab import Lab
+
+pytest_plugins = ["pytester"]  # tests/test_lab.py checks the skip/fail behaviour in a sub-session
+LAB_FIXTURES = {"lab", "make_lab"}
+
+
+@functools.lru_cache(maxsize=1)
+def lab_unavailable() -> str | None:
+    """Why lab tests cannot run here, or ``None`` when they can."""
+    forced = os.environ.get("USOCKET_LAB_UNAVAILABLE")
+    if forced:
+        return forced
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, iptables)"
+    if shutil.which("ip") is None:
+        return "iproute2 'ip' not found"
+    try:
+        p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"'ip netns' unavailable: {e}"
+    if p.returncode != 0:
+        return f"'ip netns' unavailable: {p.stderr.strip()}"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab: needs root and network namespaces (the lab)")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if lab_unavailable() is None:
+        Lab.cleanup_stale()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if LAB_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("lab"):
+            item.add_marker(pytest.mark.lab)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("lab") is None:
+        return
+    reason = lab_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"lab test cannot run under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"lab: {reason}")
+
+
+def _close_checked(labs: list[Lab]) -> None:
+    problems: list[str] = []
+    for lab in labs:
+        problems += [f"{lab.tag}: {p}" for p in lab.close_and_audit()]
+    if problems:
+        pytest.fail("lab teardown found leftovers:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A fresh lab with servers, torn down and audited after the test."""
+    lab = Lab(servers=True)
+    try:
+        lab.build()
+        yield lab
+    finally:
+        _close_checked([lab])
+
+
+@pytest.fixture
+def make_lab() -> Iterator[Callable[..., Lab]]:
+    """Factory: ``make_lab(loss=..., mtu=..., servers=...)`` returns a built lab; all audited at teardown."""
+    labs: list[Lab] = []
+
+    def make(**opts: Any) -> Lab:
+        lab = Lab(**opts)
+        labs.append(lab)
+        return lab.build()
+
+    try:
+        yield make
+    finally:
+        _close_checked(labs)

@@ -1,0 +1,441 @@
+"""Kernel diversion (shared mode): iptables NFQUEUE rules, the queue reader, port reservation.
+
+Unit tests (no root) check rule text, owner tags and the netlink config message. Lab tests
+(root) run a Diverter for the client namespace of a :class:`usocket.lab.Lab` and send from the
+server namespace with kernel sockets. After every lab test no usocket rule may remain.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from usocket.divert import Diverter, KernelPortAllocator, cleanup, owner_alive, owner_tag
+from usocket.divert.nfqueue import config_message
+from usocket.divert.ports import ephemeral_range
+from usocket.divert.rules import Iptables, ListedRule, flow_match, parse_tag, process_start_time
+from usocket.netns import run_in_netns
+
+ROOT = os.geteuid() == 0 or os.environ.get("CI") == "true"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAIT = 3.0  # seconds an expected event may take before the test fails
+
+
+# -- unit ------------------------------------------------------------------------------------------
+def test_flow_match_scopes_by_local_and_remote() -> None:
+    assert flow_match(17, "10.0.0.1", 53, None) == ["-d", "10.0.0.1/32", "-p", "udp", "-m", "udp",
+                                                   "--dport", "53"]
+    assert flow_match(6, b"\x0a\x00\x00\x01", 4000, (b"\x0a\x00\x00\x02", 80)) == [
+        "-s", "10.0.0.2/32", "-d", "10.0.0.1/32", "-p", "tcp", "-m", "tcp",
+        "--sport", "80", "--dport", "4000"]
+    with pytest.raises(ValueError):
+        flow_match(1, "10.0.0.1", 1, None)
+    with pytest.raises(ValueError):
+        flow_match(6, "10.0.0.1", 0, None)
+
+
+def test_owner_tag_names_this_process_and_detects_dead_and_zombies() -> None:
+    tag = owner_tag()
+    assert parse_tag(tag) == (os.getpid(), process_start_time(os.getpid()))
+    assert owner_alive(tag)
+    pid, start = parse_tag(tag)  # type: ignore[misc]
+    assert not owner_alive(f"usocket:pid={pid}:start={start + 1}")  # same pid, other process
+    assert parse_tag("usl-lab-loss") is None and not owner_alive("usocket:pid=x")
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    ctag = owner_tag(child) if process_start_time(child) is not None else None
+    os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+    if ctag is not None:
+        assert not owner_alive(ctag)
+    os.waitpid(child, 0)
+    assert process_start_time(child) is None
+
+
+def test_listed_rule_parses_iptables_s_output() -> None:
+    line = ('-A USOCKET -d 10.0.0.1/32 -p udp -m udp --dport 5000 -m comment --comment '
+            '"usocket:pid=12:start=34" -j NFQUEUE --queue-num 7 --queue-bypass')
+    r = ListedRule.parse(line)
+    assert (r.tag, r.queue_num) == ("usocket:pid=12:start=34", 7)
+    assert r.delete_line().startswith("-D USOCKET -d 10.0.0.1/32")
+
+
+def test_config_message_layout() -> None:
+    msg = config_message(1234, 65535, 8192, flags=1, mask=1)
+    length, kind, flags, seq, pid = struct.unpack_from("=IHHII", msg)
+    assert length == len(msg) and kind == 0x0302 and flags == 1 | 4 and pid == 0
+    assert struct.unpack_from("!BBH", msg, 16) == (0, 0, 1234)
+    # NFQA_CFG_PARAMS: len 9, type 2, copy_range 65535, mode COPY_PACKET (2), padded to 12
+    assert struct.unpack_from("=HH", msg, 20) == (9, 2)
+    assert struct.unpack_from("!IB", msg, 24) == (65535, 2)
+    assert struct.unpack_from("=HH", msg, 32) == (8, 3)
+    assert struct.unpack_from("!I", msg, 36) == (8192,)
+    assert len(msg) == 16 + 4 + 12 + 8 + 8 + 8
+
+
+def test_ephemeral_range_is_above_the_kernels() -> None:
+    assert ephemeral_range((32768, 60999)) == (61000, 65535)
+    assert ephemeral_range((1024, 65535)) is None
+
+
+# -- lab helpers -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab() -> Iterator[object]:
+    if not ROOT:
+        pytest.skip("needs root (network namespaces)")
+    from usocket.lab import Lab
+    lab = Lab(servers=False).build()
+    try:
+        yield lab
+    finally:
+        problems = lab.close_and_audit()
+        assert not problems, problems
+
+
+@pytest.fixture
+def ns(lab: object) -> Iterator[object]:
+    """The lab, checked after the test: no usocket rule or chain may remain in its namespaces."""
+    yield lab
+    left = {n: lab.foreign_rules(n) for n in (lab.client_ns, lab.server_ns)}  # type: ignore[attr-defined]
+    for n, rules in left.items():
+        if rules:
+            cleanup(n, everything=True)
+    assert left == {lab.client_ns: [], lab.server_ns: []}  # type: ignore[attr-defined]
+
+
+def usocket_rules(netns: str) -> list[ListedRule]:
+    return Iptables(netns).list_rules() or []
+
+
+def snmp(netns: str) -> dict[str, int]:
+    """``/proc/net/snmp`` of ``netns`` as {"Udp.NoPorts": n, ...}."""
+    text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], check=True,
+                          capture_output=True, text=True).stdout.splitlines()
+    out: dict[str, int] = {}
+    for head, vals in zip(text[::2], text[1::2], strict=True):
+        proto, *names = head.split()
+        for name, val in zip(names, vals.split()[1:], strict=True):
+            out[proto.rstrip(":") + "." + name] = int(val)
+    return out
+
+
+def udp_socket(netns: str, bind: tuple[str, int] | None = None) -> socket.socket:
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if bind:
+            s.bind(bind)
+        return s
+    return run_in_netns(netns, make)
+
+
+def read_one(div: Diverter, handler: Callable[[bytes], bool]) -> list[bytes]:
+    """Wait (select) until the queue has something and read it through ``handler``."""
+    got: list[bytes] = []
+
+    def h(p: bytes) -> bool:
+        got.append(p)
+        return handler(p)
+
+    while not got:
+        r, _, _ = select.select([div], [], [], WAIT)
+        assert r, "nothing arrived on the queue"
+        div.read(h)
+    return got
+
+
+# -- rules -----------------------------------------------------------------------------------------
+@pytest.mark.lab
+def test_rules_scoped_tagged_refcounted_and_removed(ns: object) -> None:
+    lab = ns
+    c, cip, sip = lab.client_ns, lab.client_ip, lab.server_ip  # type: ignore[attr-defined]
+    with Diverter(cip, c, handle_signals=False) as div:
+        rules = usocket_rules(c)
+        assert rules == []
+        assert lab.iptables_rules(c)[0] == "-A INPUT -j USOCKET"  # type: ignore[attr-defined]
+        div.flow_opened(17, 5000, None)
+        div.flow_opened(6, 40001, (socket.inet_aton(sip), 80))
+        div.flow_opened(17, 5000, None)  # same flow again: refcounted, one rule
+        rules = usocket_rules(c)
+        assert len(rules) == 2
+        assert all(r.tag == owner_tag() and r.queue_num == div.queue_num for r in rules)
+        assert all(r.line.endswith(f"-j NFQUEUE --queue-num {div.queue_num} --queue-bypass") for r in rules)
+        udp = [r.line for r in rules if "-p udp" in r.line][0]
+        assert f"-d {cip}/32" in udp and "--dport 5000" in udp and "-s " not in udp and "--sport" not in udp
+        tcp = [r.line for r in rules if "-p tcp" in r.line][0]
+        assert f"-s {sip}/32 -d {cip}/32" in tcp and "--sport 80 --dport 40001" in tcp
+        assert not any("DROP" in r for r in lab.iptables_rules(c))  # type: ignore[attr-defined]
+        div.flow_closed(17, 5000, None)
+        assert div.flush_rules()
+        assert len(usocket_rules(c)) == 2  # one user left
+        div.flow_closed(17, 5000, None)
+        div.flow_closed(6, 40001, (socket.inet_aton(sip), 80))
+        assert div.flush_rules()
+        assert usocket_rules(c) == []
+        div.flow_opened(6, 40002, None)
+        div.flow_closed(6, 40002, None)
+        div.flow_opened(6, 40002, None)  # re-opened while its deletion may be pending
+        assert div.flush_rules()
+        assert [r.line.count("--dport 40002") for r in usocket_rules(c)] == [1]
+        div.flow_opened(17, 5001, None)
+    assert div.closed
+    assert Iptables(c).list_rules() is None  # chain gone
+    assert "-A INPUT -j USOCKET" not in lab.iptables_rules(c)  # type: ignore[attr-defined]
+    with pytest.raises(OSError):
+        div.flow_opened(17, 5002, None)
+    div.close()  # idempotent
+
+
+@pytest.mark.lab
+def test_two_diverters_in_one_namespace_keep_their_own_rules(ns: object) -> None:
+    c, cip = ns.client_ns, ns.client_ip  # type: ignore[attr-defined]
+    a = Diverter(cip, c, handle_signals=False).start()
+    b = Diverter(cip, c, handle_signals=False).start()
+    try:
+        assert a.queue_num != b.queue_num
+        a.flow_opened(17, 6000, None)
+        b.flow_opened(17, 6001, None)
+        a.close()
+        rules = usocket_rules(c)
+        assert [r.queue_num for r in rules] == [b.queue_num] and "--dport 6001" in rules[0].line
+        assert cleanup(c) == 0  # the owner is alive: nothing to clean
+        assert len(usocket_rules(c)) == 1
+    finally:
+        a.close()
+        b.close()
+
+
+# -- the queue -------------------------------------------------------------------------------------
+@pytest.mark.lab
+def test_udp_diverted_reaches_read_and_kernel_stays_silent(ns: object) -> None:
+    lab = ns
+    c, s, cip = lab.client_ns, lab.server_ns, lab.client_ip  # type: ignore[attr-defined]
+    kernel_p1 = udp_socket(c, (cip, 7001))  # a kernel socket on a port the stack owns
+    kernel_p2 = udp_socket(c, (cip, 7002))
+    tx = udp_socket(s)
+    probe_p3 = udp_socket(s)
+    probe_p4 = udp_socket(s)
+    try:
+        with Diverter(cip, c, handle_signals=False) as div:
+            for port in (7001, 7002, 7003):
+                div.flow_opened(17, port, None)
+            before = snmp(c)
+            big = os.urandom(65000)  # 45 fragments on the wire, reassembled before INPUT
+            tx.sendto(big, (cip, 7001))
+            [pkt] = read_one(div, lambda p: True)
+            assert len(pkt) == 20 + 8 + len(big) and pkt[9] == 17 and pkt[28:] == big
+            assert struct.unpack_from("!H", pkt, 22)[0] == 7001
+            tx.sendto(b"declined", (cip, 7002))
+            read_one(div, lambda p: False)
+            kernel_p2.settimeout(WAIT)
+            assert kernel_p2.recv(100) == b"declined"  # ACCEPT: the kernel got it
+            kernel_p1.setblocking(False)
+            with pytest.raises(BlockingIOError):  # DROP: given before the ACCEPT, never delivered
+                kernel_p1.recv(65536)
+            # no kernel socket on 7003: diverted and owned, so no ICMP port unreachable ...
+            probe_p3.connect((cip, 7003))
+            probe_p3.send(b"ours")
+            read_one(div, lambda p: True)
+            # ... while 7004 (no rule) gets one: the oracle works
+            probe_p4.connect((cip, 7004))
+            probe_p4.send(b"kernel")
+            probe_p4.settimeout(WAIT)
+            with pytest.raises(ConnectionRefusedError):
+                probe_p4.recv(100)
+            after = snmp(c)
+            assert after["Udp.NoPorts"] - before["Udp.NoPorts"] == 1
+            assert after["Icmp.OutDestUnreachs"] - before["Icmp.OutDestUnreachs"] == 1
+            probe_p3.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                probe_p3.recv(100)
+            assert (div.c["rx"], div.c["dropped"], div.c["accepted"], div.c["errors"]) == (3, 2, 1, 0)
+    finally:
+        for sk in (kernel_p1, kernel_p2, tx, probe_p3, probe_p4):
+            sk.close()
+
+
+@pytest.mark.lab
+def test_tcp_syn_diverted_no_rst_and_failing_handler_fails_open(ns: object) -> None:
+    lab = ns
+    c, s, cip = lab.client_ns, lab.server_ns, lab.client_ip  # type: ignore[attr-defined]
+
+    def connector() -> socket.socket:
+        sk = socket.socket()
+        sk.setblocking(False)
+        return sk
+
+    a, b = run_in_netns(s, connector), run_in_netns(s, connector)
+    try:
+        with Diverter(cip, c, handle_signals=False) as div:
+            div.flow_opened(6, 8001, None)
+            div.flow_opened(6, 8002, None)
+            before = snmp(c)
+            a.connect_ex((cip, 8001))
+            [syn] = read_one(div, lambda p: True)
+            assert syn[9] == 6 and struct.unpack_from("!HH", syn, 20) == (a.getsockname()[1], 8001)
+            assert syn[20 + 13] & 0x02  # SYN
+
+            def broken(p: bytes) -> bool:
+                raise ValueError("stack bug")
+
+            b.connect_ex((cip, 8002))
+            read_one(div, broken)  # error: ACCEPT, the kernel answers RST
+            _, w, _ = select.select([], [b], [], WAIT)
+            assert w and b.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+            assert snmp(c)["Tcp.OutRsts"] - before["Tcp.OutRsts"] == 1  # for 8002 only
+            assert a.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0  # still connecting
+            assert div.c["errors"] == 1 and isinstance(div.last_error, ValueError)
+            assert div.c["accepted"] == 1 and div.c["dropped"] == 1
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.lab
+def test_read_respects_max_packets(ns: object) -> None:
+    c, s, cip = ns.client_ns, ns.server_ns, ns.client_ip  # type: ignore[attr-defined]
+    tx = udp_socket(s)
+    try:
+        with Diverter(cip, c, handle_signals=False) as div:
+            div.flow_opened(17, 7100, None)
+            for i in range(5):
+                tx.sendto(bytes([i]), (cip, 7100))
+            got: list[bytes] = []
+            while len(got) < 5:
+                r, _, _ = select.select([div], [], [], WAIT)
+                assert r
+                assert div.read(lambda p: got.append(p) or True, max_packets=2) <= 2
+            assert [p[28] for p in got] == [0, 1, 2, 3, 4]
+    finally:
+        tx.close()
+
+
+# -- lifecycle across processes --------------------------------------------------------------------
+CHILD = textwrap.dedent("""
+    import sys
+    from usocket.divert import Diverter, owner_tag
+    d = Diverter(sys.argv[1], sys.argv[2]).start()
+    d.flow_opened(17, int(sys.argv[3]), None)
+    print(owner_tag(), flush=True)
+    sys.stdin.read()
+""")
+
+
+def start_child(netns: str, ip: str, port: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, ip, netns, str(port)], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    tag = proc.stdout.readline().strip()
+    assert tag.startswith("usocket:pid="), proc.wait()
+    return proc, tag
+
+
+def tags(netns: str) -> list[str | None]:
+    return [r.tag for r in usocket_rules(netns)]
+
+
+@pytest.mark.lab
+def test_sigkill_leaves_rules_that_cleanup_and_start_remove_sigterm_sigint_remove_own(ns: object) -> None:
+    c, cip = ns.client_ns, ns.client_ip  # type: ignore[attr-defined]
+    killed, ktag = start_child(c, cip, 9001)
+    live, ltag = start_child(c, cip, 9002)
+    procs = [killed, live]
+    try:
+        assert sorted(tags(c)) == sorted([ktag, ltag])  # type: ignore[type-var]
+        killed.kill()
+        killed.wait()
+        assert ktag in tags(c)  # SIGKILL: nothing ran, the rule stays (harmless: --queue-bypass)
+        assert cleanup(c) == 1
+        assert tags(c) == [ltag]  # the live owner's rule stays
+        live.send_signal(signal.SIGTERM)
+        assert live.wait(WAIT * 3) == -signal.SIGTERM  # still dies of SIGTERM ...
+        assert Iptables(c).list_rules() is None  # ... after removing its rule, chain and jump
+        interrupted, itag = start_child(c, cip, 9004)
+        procs.append(interrupted)
+        interrupted.send_signal(signal.SIGINT)  # KeyboardInterrupt, then atexit
+        assert interrupted.wait(WAIT * 3) == -signal.SIGINT
+        assert Iptables(c).list_rules() is None
+        again, atag = start_child(c, cip, 9003)
+        procs.append(again)
+        again.kill()
+        again.wait()
+        assert tags(c) == [atag]
+        with Diverter(cip, c, handle_signals=False):  # start() removes dead owners' rules
+            assert tags(c) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    f.close()
+        cleanup(c)
+
+
+# -- port reservation ------------------------------------------------------------------------------
+@pytest.mark.lab
+def test_port_reservation(ns: object) -> None:
+    lab = ns
+    c, cip = lab.client_ns, lab.client_ip  # type: ignore[attr-defined]
+    lab.run(c, ["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 50000"])  # type: ignore[attr-defined]
+    alloc = KernelPortAllocator(netns=c, local_ip=cip)
+    kernel: list[socket.socket] = []
+
+    def kbind(kind: int, port: int, addr: str = cip) -> socket.socket:
+        def make() -> socket.socket:
+            sk = socket.socket(socket.AF_INET, kind)
+            try:
+                sk.bind((addr, port))
+            except OSError:
+                sk.close()
+                raise
+            return sk
+        sk = run_in_netns(c, make)
+        kernel.append(sk)
+        return sk
+
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert soft == hard or hard == resource.RLIM_INFINITY
+        assert alloc.kernel_range == (40000, 50000) and (alloc.lo, alloc.hi) == (50001, 65535)
+        for proto, kind in ((17, socket.SOCK_DGRAM), (6, socket.SOCK_STREAM)):
+            port = alloc.allocate(proto, lambda p: False)
+            assert 50001 <= port <= 65535 and alloc.is_held(proto, port)
+            for addr in (cip, "0.0.0.0"):  # the kernel can no longer take it
+                with pytest.raises(OSError) as ei:
+                    kbind(kind, port, addr)
+                assert ei.value.errno == errno.EADDRINUSE
+            assert alloc.claim(proto, port, explicit=True)  # the stack again: refcounted
+            alloc.release(proto, port)
+            assert alloc.is_held(proto, port)
+            alloc.release(proto, port)
+            assert not alloc.is_held(proto, port)
+            kbind(kind, port).close()  # released: the kernel may use it now
+            kbind(kind, 12345)  # a kernel program holds 12345
+            with pytest.raises(OSError) as ei:
+                alloc.claim(proto, 12345, explicit=True)
+            assert ei.value.errno == errno.EADDRINUSE
+            assert alloc.claim(proto, 12345, explicit=False) is False
+        # primary range exhausted (both its ports held by the kernel): fall back to the kernel's range
+        small = KernelPortAllocator(netns=c, local_ip=cip, port_range=(60000, 60001))
+        kbind(socket.SOCK_DGRAM, 60000)
+        kbind(socket.SOCK_DGRAM, 60001)
+        port = small.allocate(17, lambda p: p == 40000)
+        assert 40000 < port <= 50000 and small.is_held(17, port)
+        small.close()
+        assert not small.held
+    finally:
+        alloc.close()
+        for sk in kernel:
+            sk.close()
+        lab.run(c, ["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=32768 60999"])  # type: ignore[attr-defined]

@@ -1,0 +1,238 @@
+"""The lab's peer servers: small, concurrent, kernel-stack servers with checkable answers.
+
+Run in the lab's server namespace as ``python -m usocket.lab.servers --tcp-echo 7 ...``; the
+process prints one line ``ready <name>=<port> ...`` on stdout once every socket listens (and
+nothing else there afterwards), logs errors to stderr and exits on SIGTERM/SIGINT.
+
+Servers (asyncio in the main thread, ``http.server`` in a thread of its own):
+
+- **TCP echo**: echoes every byte; on EOF from the client it closes its side.
+- **UDP echo**: sends every datagram back to its sender.
+- **bulk source**: the client sends an 8-byte big-endian length ``N``; the server streams the
+  first ``N`` bytes of the *bulk pattern* and closes. Memory use is constant whatever ``N``.
+- **bulk sink**: reads to EOF, then answers with an 8-byte big-endian byte count and the 32-byte
+  SHA-256 of everything read, then closes.
+- **HTTP**: :class:`http.server.ThreadingHTTPServer` (HTTP/1.1, keep-alive) on a docroot made by
+  :func:`make_docroot`.
+
+The bulk pattern: the concatenation of the 8-byte big-endian unsigned integers 0, 1, 2, ...
+(word ``k`` sits at offset ``8k``), truncated to the requested length. Every 8-byte-aligned
+position holds a different value, so a lost, duplicated or misplaced segment changes the hash.
+:func:`bulk_pattern` returns any slice of it and :func:`bulk_sha256` its hash for a length.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import functools
+import hashlib
+import http.server
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Iterator
+
+CHUNK = 256 * 1024  # bulk source write size; a multiple of 8
+SINK_REPLY = struct.Struct(">Q32s")  # bulk sink answer: count + sha256 digest
+LENGTH = struct.Struct(">Q")  # bulk source request
+
+
+# -- the bulk pattern ---------------------------------------------------------------------------
+def bulk_pattern(offset: int, length: int) -> bytes:
+    """Bytes ``[offset, offset + length)`` of the bulk pattern (8-byte BE counters 0, 1, 2 ...)."""
+    if length <= 0:
+        return b""
+    first, last = offset // 8, (offset + length + 7) // 8
+    words = array.array("Q", range(first, last))
+    if sys.byteorder == "little":
+        words.byteswap()
+    start = offset - first * 8
+    return words.tobytes()[start:start + length]
+
+
+def bulk_chunks(length: int, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The first ``length`` bytes of the bulk pattern, in chunks of at most ``chunk`` bytes."""
+    pos = 0
+    while pos < length:
+        n = min(chunk, length - pos)
+        yield bulk_pattern(pos, n)
+        pos += n
+
+
+@functools.lru_cache(maxsize=64)
+def bulk_sha256(length: int) -> str:
+    """SHA-256 (hex) of the first ``length`` bytes of the bulk pattern (cached)."""
+    h = hashlib.sha256()
+    for c in bulk_chunks(length, 1 << 20):
+        h.update(c)
+    return h.hexdigest()
+
+
+def bulk_request(length: int) -> bytes:
+    """What a client sends the bulk source to ask for ``length`` bytes."""
+    return LENGTH.pack(length)
+
+
+def parse_sink_reply(reply: bytes) -> tuple[int, str]:
+    """The bulk sink's 40-byte answer as ``(byte_count, sha256_hex)``."""
+    count, digest = SINK_REPLY.unpack(reply)
+    return count, digest.hex()
+
+
+# -- the HTTP docroot -----------------------------------------------------------------------------
+INDEX_HTML = (b"<!DOCTYPE html>\n<html><head><title>usocket lab</title></head>\n"
+              b"<body><h1>usocket lab</h1><p>It works.</p></body></html>\n")
+DOC_FILES = {"/1k.bin": 1024, "/1m.bin": 1 << 20, "/16m.bin": 16 << 20}
+
+
+def make_docroot(path: str, seed: int = 1) -> dict[str, tuple[int, str]]:
+    """Write the lab's HTTP files into ``path``; return ``{url path: (size, sha256 hex)}``.
+
+    ``/index.html`` (also served for ``/``) and pseudo-random binary files of 1 KiB, 1 MiB and
+    16 MiB from a seeded RNG, so their content is the same on every run.
+    """
+    os.makedirs(path, exist_ok=True)
+    files = {"/index.html": INDEX_HTML}
+    rng = random.Random(seed)
+    for name, size in DOC_FILES.items():
+        files[name] = rng.randbytes(size)
+    out = {}
+    for name, data in files.items():
+        with open(os.path.join(path, name.lstrip("/")), "wb") as f:
+            f.write(data)
+        out[name] = (len(data), hashlib.sha256(data).hexdigest())
+    return out
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files over HTTP/1.1 (keep-alive), without a log line per request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+class LabHTTPServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, a deep listen backlog (hundreds of simultaneous clients)."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
+def start_http(host: str, port: int, docroot: str) -> LabHTTPServer:
+    """Listen now, serve from a daemon thread; returns the server (``shutdown()`` stops it)."""
+    handler = functools.partial(QuietHandler, directory=docroot)
+    srv = LabHTTPServer((host, port), handler)
+    threading.Thread(target=srv.serve_forever, name="http", daemon=True).start()
+    return srv
+
+
+# -- asyncio servers -----------------------------------------------------------------------------
+async def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
+async def tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until EOF, then close."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        await _close(writer)
+
+
+async def bulk_source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read an 8-byte length, stream that much of the bulk pattern, close."""
+    try:
+        (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+        for chunk in bulk_chunks(length):
+            writer.write(chunk)
+            await writer.drain()
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        await _close(writer)
+
+
+async def bulk_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read to EOF, answer count + sha256, close."""
+    h, count = hashlib.sha256(), 0
+    try:
+        while data := await reader.read(1 << 18):
+            h.update(data)
+            count += len(data)
+        writer.write(SINK_REPLY.pack(count, h.digest()))
+        await writer.drain()
+    except OSError:
+        pass
+    finally:
+        await _close(writer)
+
+
+class UdpEcho(asyncio.DatagramProtocol):
+    """Send every datagram back; send errors (e.g. EPERM from a lab loss rule) are ignored."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready: list[str] = []
+    kw = {"host": args.host, "backlog": 1024, "reuse_address": True}
+    for name, handler in (("tcp_echo", tcp_echo), ("bulk_source", bulk_source), ("bulk_sink", bulk_sink)):
+        port = getattr(args, name)
+        if port:
+            await asyncio.start_server(handler, port=port, **kw)  # type: ignore[arg-type]
+            ready.append(f"{name}={port}")
+    if args.udp_echo:
+        await loop.create_datagram_endpoint(UdpEcho, local_addr=(args.host, args.udp_echo),
+                                            family=socket.AF_INET)
+        ready.append(f"udp_echo={args.udp_echo}")
+    if args.http:
+        start_http(args.host, args.http, args.docroot)
+        ready.append(f"http={args.http}")
+    print("ready " + " ".join(ready), flush=True)
+    await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m usocket.lab.servers", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--tcp-echo", type=int, default=0, dest="tcp_echo")
+    p.add_argument("--udp-echo", type=int, default=0, dest="udp_echo")
+    p.add_argument("--bulk-source", type=int, default=0, dest="bulk_source")
+    p.add_argument("--bulk-sink", type=int, default=0, dest="bulk_sink")
+    p.add_argument("--http", type=int, default=0)
+    p.add_argument("--docroot", default=".")
+    args = p.parse_args(argv)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
