@@ -650,3 +650,28 @@ def test_interop_with_linux_kernel(make_lab: Any) -> None:
         assert not stack.counters.drops("arp")
     finally:
         sock.close()
+
+
+def test_pending_queue_holds_a_fragmented_64k_datagram_but_is_bounded_in_bytes() -> None:
+    stack, _ = make()
+    frags = [bytes([i]) * 1500 for i in range(45)]  # a 65507-byte UDP datagram's fragments
+    for f in frags:
+        stack.arp.output(ip(PEER_IP), IPV4, f)
+    assert len(out(stack)) == 1  # the request
+    assert stack.counters["arp"]["drop.pending_overflow"] == 0
+    reply(stack, 0.1)
+    assert [bytes(p.payload) for p in out(stack)] == frags
+    # Per-address byte bound: far more than unres_qlen_bytes keeps only the newest.
+    stack2, _ = make(pending_max=10_000)
+    for i in range(300):
+        stack2.arp.output(ip(PEER_IP), IPV4, bytes([i % 256]) * 1500)
+    assert stack2.counters["arp"]["drop.pending_overflow"] == 300 - stack2.arp.pending_max_bytes // 1500
+    assert stack2.arp._pending_bytes <= stack2.arp.pending_max_bytes
+
+
+def test_pending_bytes_bounded_across_addresses() -> None:
+    stack, _ = make(pending_total_max_bytes=30_000, request_rate=1e9, request_burst=1e9)
+    for host in range(2, 60):
+        stack.arp.output(ip(f"10.0.0.{host}"), IPV4, b"z" * 1000)
+    assert stack.arp._pending_bytes <= 30_000
+    assert stack.counters["arp"]["drop.pending_overflow"] > 0

@@ -15,7 +15,6 @@ import pytest
 from usocket.config import ResolverConfig, StackConfig
 from usocket.proto.dns import (
     EAI_AGAIN,
-    EAI_FAIL,
     EAI_NODATA,
     EAI_NONAME,
     DnsError,

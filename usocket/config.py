@@ -61,7 +61,7 @@ class StackConfig:
     ephemeral_ports: tuple[int, int] = (49152, 65535)
     default_ttl: int = 64
 
-    def replace(self, **kw: object) -> "StackConfig":
+    def replace(self, **kw: object) -> StackConfig:
         return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
 
 
@@ -171,7 +171,8 @@ def discover(**overrides: object) -> StackConfig:
         cfg.gateway = None if gw == "none" else ip_aton(str(gw))
     if "mtu" in overrides or "USOCKET_MTU" in env:
         cfg.mtu = int(overrides.get("mtu", env.get("USOCKET_MTU")))  # type: ignore[arg-type]
-    rc = parse_resolv_conf(_read(str(overrides.get("resolv_conf", env.get("USOCKET_RESOLV_CONF", "/etc/resolv.conf"))), netns))
+    resolv_conf = overrides.get("resolv_conf", env.get("USOCKET_RESOLV_CONF", "/etc/resolv.conf"))
+    rc = parse_resolv_conf(_read(str(resolv_conf), netns))
     rc.hosts = parse_hosts(_read(str(overrides.get("hosts", env.get("USOCKET_HOSTS", "/etc/hosts"))), netns))
     ns = overrides.get("nameservers", env.get("USOCKET_NAMESERVERS"))
     if ns:

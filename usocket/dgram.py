@@ -169,7 +169,7 @@ class DatagramSocket:
         with self._cond:
             self._cond.notify_all()
 
-    def __enter__(self) -> "DatagramSocket":
+    def __enter__(self) -> DatagramSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,8 @@ import ctypes
 import os
 import subprocess
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

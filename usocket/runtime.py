@@ -18,8 +18,9 @@ import os
 import selectors
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .config import SHARED, StackConfig, discover
 from .stack import FlowObserver, Stack
@@ -61,7 +62,7 @@ class Runtime:
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "Runtime":
+    def start(self) -> Runtime:
         with self._lock:
             if self._thread is not None:
                 return self
@@ -136,7 +137,7 @@ class Runtime:
             os.close(self._wake_fd)
             self._wake_fd = -1
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .config import OWN, StackConfig
 from .core.counters import Counters

@@ -88,7 +88,7 @@ class NeighborInfo(NamedTuple):
 
 class _Entry:
     __slots__ = ("ip", "mac", "state", "updated", "confirmed", "used", "probes", "timer",
-                 "pending", "last_request")
+                 "pending", "pending_bytes", "last_request")
 
     def __init__(self, ip: bytes, state: str, now: float) -> None:
         self.ip = ip
@@ -100,6 +100,7 @@ class _Entry:
         self.probes = 0
         self.timer: Timer | None = None
         self.pending: deque[tuple[int, bytes]] | None = None
+        self.pending_bytes = 0
         self.last_request = float("-inf")
 
     def cancel_timer(self) -> None:
@@ -120,7 +121,12 @@ class ArpLayer:
     gc_interval: float = 30.0
     gc_stale_time: float = 60.0  # STALE/FAILED entries unused this long are collected
     max_entries: int = 1024  # dynamic + static entries; only add_static may exceed it
-    pending_max: int = 3  # packets queued per unresolved address (at least 1 is kept)
+    # Packets queued per unresolved address (at least the latest is kept), bounded like Linux's
+    # unres_qlen / unres_qlen_bytes so that a fragmented 64 KB datagram survives resolution, and
+    # in total across all addresses so a flood of unresolvable next hops stays bounded.
+    pending_max: int = 101
+    pending_max_bytes: int = 212992
+    pending_total_max_bytes: int = 4 << 20
     request_min_interval: float = 1.0  # per target
     request_rate: float = 50.0  # global token bucket: requests per second ...
     request_burst: float = 100.0  # ... and bucket depth
@@ -130,6 +136,7 @@ class ArpLayer:
         self.stack = stack
         self.c = stack.counters.layer("arp")
         self._cache: dict[bytes, _Entry] = {}
+        self._pending_bytes = 0  # bytes queued for resolution, all entries
         self._gc_timer: Timer | None = None
         self._tokens = float(self.request_burst)
         self._tokens_at = stack.now
@@ -200,10 +207,32 @@ class ArpLayer:
     def _enqueue(self, e: _Entry, ethertype: int, payload: Payload) -> None:
         q = e.pending
         if q is None:
-            q = e.pending = deque(maxlen=max(1, self.pending_max))
-        if len(q) == q.maxlen:
-            self.c["drop.pending_overflow"] += 1  # deque drops the oldest: the latest is kept
-        q.append((ethertype, bytes(payload)))
+            q = e.pending = deque()
+        data = bytes(payload)
+        q.append((ethertype, data))
+        e.pending_bytes += len(data)
+        self._pending_bytes += len(data)
+        # Drop the oldest until within bounds; the latest packet is always kept.
+        while len(q) > 1 and (len(q) > max(1, self.pending_max) or e.pending_bytes > self.pending_max_bytes
+                              or self._pending_bytes > self.pending_total_max_bytes):
+            _, old = q.popleft()
+            e.pending_bytes -= len(old)
+            self._pending_bytes -= len(old)
+            self.c["drop.pending_overflow"] += 1
+        if self._pending_bytes > self.pending_total_max_bytes:
+            # Every address is down to one packet and the total is still over: refuse this one.
+            q.pop()
+            e.pending_bytes -= len(data)
+            self._pending_bytes -= len(data)
+            self.c["drop.pending_overflow"] += 1
+
+    def _take_pending(self, e: _Entry) -> deque[tuple[int, bytes]] | tuple[()]:
+        """Detach the entry's pending queue (to send or drop it), keeping the byte totals right."""
+        pending = e.pending
+        e.pending = None
+        self._pending_bytes -= e.pending_bytes
+        e.pending_bytes = 0
+        return pending if pending is not None else ()
 
     # ==================================================================== resolution
     def resolve(self, ip: bytes) -> None:
@@ -260,8 +289,7 @@ class ArpLayer:
             self._probe(e)
 
     def _fail(self, e: _Entry) -> None:
-        pending = e.pending or ()
-        e.pending = None
+        pending = self._take_pending(e)
         e.state = FAILED
         e.mac = None
         e.updated = self.stack.now
@@ -418,8 +446,7 @@ class ArpLayer:
         e.cancel_timer()
         if old == INCOMPLETE:
             self.c["resolved"] += 1
-            pending, e.pending = e.pending, None
-            for ethertype, payload in pending or ():
+            for ethertype, payload in self._take_pending(e):
                 self.stack.ethernet.send(mac, ethertype, payload)
         else:
             self.c["updated"] += 1
@@ -463,9 +490,9 @@ class ArpLayer:
         if self._cache.get(e.ip) is e:
             del self._cache[e.ip]
         e.cancel_timer()
-        if e.pending:
-            self.c["drop.evicted_pending"] += len(e.pending)
-        e.pending = None
+        pending = self._take_pending(e)
+        if pending:
+            self.c["drop.evicted_pending"] += len(pending)
 
     def gc(self) -> None:
         """Remove STALE/FAILED entries unused for :attr:`gc_stale_time` (runs periodically)."""

@@ -698,6 +698,7 @@ class Resolver:
         over TCP). Without TCP, the default uses the truncated answer when it already holds
         records of the asked type, else gives up with TRY_AGAIN.
         """
+        self.c["truncated"] += 1
         if any(rr.type == query.qtype and rr.rclass == CLASS_IN for rr in msg.answers):
             return msg
         return None

@@ -1,0 +1,192 @@
+"""An AF_PACKET link on a real (or veth) interface.
+
+One persistent packet socket per interface, opened with scapy's ``L2Socket`` (inside the
+interface's network namespace when ``netns`` is given) and then used as a plain socket: frames
+are raw ``bytes``, never scapy packets.
+
+Receive details that matter to a stack:
+
+- ``PACKET_AUXDATA`` gives the kernel's checksum knowledge: ``TP_STATUS_CSUMNOTREADY`` (the
+  sender offloaded the checksum, e.g. a veth peer: the field holds only a partial sum) and
+  ``TP_STATUS_CSUM_VALID`` (already verified) both yield ``csum_ok=True``.
+- Frames of type ``PACKET_OUTGOING`` (our own transmissions and the kernel's) are skipped;
+  ``PACKET_IGNORE_OUTGOING`` asks the kernel not to queue them at all where supported.
+- A VLAN tag the NIC stripped into metadata is put back into the frame, so the stack sees
+  the real frame (and drops it: the stack is untagged).
+- The receive buffer holds a whole GSO super-packet (~64 KB: a kernel TCP sender with TSO on a
+  veth passes such segments up unsplit). Truncated frames are dropped and counted.
+- With ``bpf=`` the socket is opened bound to no protocol, the filter is attached, and only then
+  bound to ``ETH_P_ALL``: no unfiltered frame is ever queued. :meth:`PacketLink.attach_filter`
+  on a live link re-filters what was queued before the filter took effect.
+"""
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+from typing import Any
+
+from ..netns import run_in_netns
+from . import bpf as _bpf
+from .base import MAX_FRAME, Link, errno_reason
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23
+PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+SIOCGIFMTU = 0x8921
+
+TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+TP_STATUS_CSUM_VALID = 1 << 7
+CSUM_KNOWN = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
+
+_AUX = struct.Struct("IIIHHHH")  # struct tpacket_auxdata
+_CMSG_SPACE = socket.CMSG_SPACE(_AUX.size)
+
+
+def _open_l2socket(iface: str, proto: int, promisc: bool) -> Any:
+    """Open scapy's L2Socket on ``iface`` without consulting scapy's interface table (which
+    lists the root namespace's interfaces) and without a tcpdump-compiled filter."""
+    from scapy.arch.linux import L2Socket
+    from scapy.interfaces import NetworkInterface
+
+    dev = NetworkInterface(None, {"name": iface, "network_name": iface})  # type: ignore[arg-type]
+    return L2Socket(iface=dev, type=proto, promisc=promisc, nofilter=1)
+
+
+class PacketLink(Link):
+    """AF_PACKET link on ``iface`` (in ``netns``), optionally with a classic-BPF filter.
+
+    ``mac`` and ``mtu`` are the interface's. ``rcvbuf``/``sndbuf`` are forced past the
+    sysctl limits when running as root (``SO_RCVBUFFORCE``)."""
+
+    def __init__(self, iface: str, netns: str | None = None, bpf: _bpf.Program | None = None, *,
+                 promisc: bool = False, rcvbuf: int = 8 << 20, sndbuf: int = 4 << 20) -> None:
+        super().__init__(iface)
+        self.netns = netns
+        self._pending: list[tuple[bytes, bool]] = []
+        proto = 0 if bpf is not None else ETH_P_ALL
+        self._l2 = run_in_netns(netns, lambda: _open_l2socket(iface, proto, promisc))
+        sock: socket.socket = self._l2.ins
+        self.sock = sock
+        try:
+            self._configure(rcvbuf, sndbuf)
+            if bpf is not None:
+                _bpf.attach_filter(sock, bpf)
+                sock.bind((iface, ETH_P_ALL))
+            self.mac = bytes(sock.getsockname()[4][:6])
+            self.mtu = self._query_mtu()
+        except BaseException:
+            self._l2.close()
+            raise
+
+    def _configure(self, rcvbuf: int, sndbuf: int) -> None:
+        sock = self.sock
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)  # scapy turns it on; we do not use it
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:  # kernel < 4.20: the pkttype check below does the job
+            pass
+        for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
+                                   (SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+        sock.setblocking(False)
+
+    def _query_mtu(self) -> int:
+        req = struct.pack("16si20x", self.name.encode(), 0)
+        return int(struct.unpack_from("16si", fcntl.ioctl(self.sock.fileno(), SIOCGIFMTU, req))[1])
+
+    # -- Link API --------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv_batch(self, max_frames: int = 64) -> list[tuple[bytes, bool]]:
+        out: list[tuple[bytes, bool]] = []
+        if self._pending:
+            out, self._pending = self._pending[:max_frames], self._pending[max_frames:]
+        c = self.counters
+        recvmsg = self.sock.recvmsg
+        while len(out) < max_frames:
+            try:
+                data, anc, flags, addr = recvmsg(MAX_FRAME, _CMSG_SPACE)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # e.g. ENETDOWN, reported once
+                c["drop.rx_" + errno_reason(exc)] += 1
+                break
+            if addr[2] == PACKET_OUTGOING:
+                c["skip.outgoing"] += 1
+                continue
+            if flags & socket.MSG_TRUNC:
+                c["drop.truncated"] += 1
+                continue
+            csum_ok = False
+            for level, kind, cdata in anc:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(cdata) >= _AUX.size:
+                    status, _, _, _, _, tci, tpid = _AUX.unpack_from(cdata)
+                    csum_ok = bool(status & CSUM_KNOWN)
+                    if status & TP_STATUS_VLAN_VALID:
+                        data = self.reinsert_vlan(data, tci, tpid if status & TP_STATUS_VLAN_TPID_VALID
+                                                  else 0x8100)
+            if len(data) < 14:
+                c["drop.runt"] += 1
+                continue
+            c["rx"] += 1
+            out.append((data, csum_ok))
+        return out
+
+    @staticmethod
+    def reinsert_vlan(frame: bytes, tci: int, tpid: int) -> bytes:
+        """Put back an 802.1Q tag the NIC stripped into packet metadata."""
+        return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+
+    def send(self, frame: bytes) -> bool:
+        try:
+            self.sock.send(frame)
+        except BlockingIOError:
+            self.counters["drop.tx_busy"] += 1
+            return False
+        except OSError as exc:  # EMSGSIZE (frame > MTU), ENETDOWN, ENOBUFS...
+            self.counters["drop.tx_" + errno_reason(exc)] += 1
+            return False
+        self.counters["tx"] += 1
+        return True
+
+    # -- filters ---------------------------------------------------------------------------------
+    def attach_filter(self, program: _bpf.Program) -> int:
+        """Attach ``program`` to the live socket. Frames queued before it took effect are read
+        now and kept only if ``program`` accepts them (interpreted in Python; VLAN-tagged ones
+        are dropped). Returns how many queued frames were dropped."""
+        _bpf.attach_filter(self.sock, program)
+        queued = self._pending
+        self._pending = []
+        while True:
+            batch = self.recv_batch(256)
+            if not batch:
+                break
+            queued.extend(batch)
+        keep = [(f, ok) for f, ok in queued
+                if f[12:14] not in (b"\x81\x00", b"\x88\xa8") and _bpf.run_filter(program, f)]
+        self._pending = keep
+        dropped = len(queued) - len(keep)
+        self.counters["rx"] -= dropped
+        self.counters["drop.filter_drain"] += dropped
+        return dropped
+
+    def detach_filter(self) -> None:
+        _bpf.detach_filter(self.sock)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._l2.close()
+        super().close()
