@@ -129,7 +129,8 @@ def test_dns_through_the_stack_with_kernel_udp_blocked(lab, runtime, mode):
     assert big and set(big) < set(lab.dns_records[f"big.{lab.DOMAIN}"]), big
     assert runtime.stack.counters.get("dns", "truncated") >= 1
     assert res.gethostbyname("server") == lab.server_ip  # search domain from the namespace's resolv.conf
-    assert res.gethostbyaddr(lab.server_ip)[0] == f"server.{lab.DOMAIN}"  # PTR through the stack
+    assert res.gethostbyaddr(lab.client_ip)[0] == f"client.{lab.DOMAIN}"  # PTR through the stack
+    assert res.gethostbyaddr(lab.server_ip)[0] == f"hostsonly.{lab.DOMAIN}"  # hosts first, like glibc
     with pytest.raises(socket.gaierror) as ei:
         res.gethostbyname(lab.dns_nxdomain)
     assert ei.value.errno == socket.EAI_NONAME
