@@ -51,6 +51,7 @@ class Runtime:
         self.link: Any = None
         self.divert: Any = None
         self.pcap: Any = None
+        self._own_pcap: Any = None
         self.stack: Stack | None = None
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...], Future[Any] | None]] = (
             collections.deque())
@@ -105,7 +106,10 @@ class Runtime:
         if self._pcap_arg is not None:
             from .link.pcap import PcapLink, PcapWriter
 
-            self.pcap = self._pcap_arg if isinstance(self._pcap_arg, PcapWriter) else PcapWriter(self._pcap_arg)
+            if isinstance(self._pcap_arg, PcapWriter):
+                self.pcap = self._pcap_arg
+            else:  # a path: the writer is ours to close
+                self.pcap = self._own_pcap = PcapWriter(self._pcap_arg)
             self.link = PcapLink(self._link, self.pcap)
         self.stack = self.stack_class(cfg, ports=ports, flows=flows, now=time.monotonic())
         if self.divert is not None:
@@ -133,6 +137,9 @@ class Runtime:
                 except Exception:  # noqa: BLE001 - best effort at shutdown
                     log.exception("usocket: error while closing %r", closer)
         self.divert = None
+        if self._own_pcap is not None:
+            self._own_pcap.close()
+            self._own_pcap = None
         if self._wake_fd >= 0:
             os.close(self._wake_fd)
             self._wake_fd = -1
@@ -236,6 +243,8 @@ class Runtime:
         assert stack is not None
         if not stack.owns_ip_packet(packet):
             return False
+        if self.pcap is not None:  # packets from the queue never crossed the link: record them too
+            self.pcap.write_ip(packet, time.time(), dst_mac=self.config.mac)
         stack.receive_ip(packet, stack.now)
         return True
 

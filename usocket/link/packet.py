@@ -22,6 +22,7 @@ Receive details that matter to a stack:
 from __future__ import annotations
 
 import fcntl
+import logging
 import socket
 import struct
 from typing import Any
@@ -57,7 +58,15 @@ def _open_l2socket(iface: str, proto: int, promisc: bool) -> Any:
     from scapy.interfaces import NetworkInterface
 
     dev = NetworkInterface(None, {"name": iface, "network_name": iface})  # type: ignore[arg-type]
-    return L2Socket(iface=dev, type=proto, promisc=promisc, nofilter=1)
+    # scapy warns that it cannot guess a decoder class for protocol 0 (we bind to no protocol
+    # until the BPF filter is in place, and never let scapy decode anyway): silence just that.
+    scapy_log = logging.getLogger("scapy.runtime")
+    level = scapy_log.level
+    scapy_log.setLevel(logging.ERROR)
+    try:
+        return L2Socket(iface=dev, type=proto, promisc=promisc, nofilter=1)
+    finally:
+        scapy_log.setLevel(level)
 
 
 class PacketLink(Link):
