@@ -78,3 +78,10 @@ def test_discover_follows_the_route_inside_a_namespace(lab) -> None:
     assert cfg.resolver.nameservers == [lab.server_ip]  # /etc/netns/<ns>/resolv.conf, as ip netns exec sees it
     assert cfg.resolver.search == [lab.DOMAIN]
     assert cfg.resolver.hosts[f"hostsonly.{lab.DOMAIN}"] == [lab.server_ip]
+
+
+def test_discover_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USOCKET_IFACE", "usk-no-such-if")
+    with pytest.raises(OSError) as ei:
+        discover()
+    assert "usk-no-such-if" in str(ei.value)

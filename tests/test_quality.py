@@ -84,3 +84,11 @@ def test_ruff_is_clean() -> None:
     r = subprocess.run([ruff, "check", "usocket", "usocket_hijack", "tests"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout[-4000:]
+
+
+@pytest.mark.skipif(not (pathlib.Path(sys.executable).parent / "mypy").exists(),
+                    reason="mypy not installed (./dev.sh installs it)")
+def test_mypy_is_clean() -> None:
+    r = subprocess.run([str(pathlib.Path(sys.executable).parent / "mypy"), "usocket"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:]

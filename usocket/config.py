@@ -24,9 +24,11 @@ Environment variables (all optional):
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
+from typing import Any
 from dataclasses import dataclass, field
 
 from .wire.addr import ip_aton, mac_aton
@@ -65,7 +67,7 @@ class StackConfig:
         return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
 
 
-def _ip(args: list[str], netns: str | None) -> object:
+def _ip(args: list[str], netns: str | None) -> Any:
     cmd = ["ip", "-j"] + (["-n", netns] if netns else []) + args
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out) if out.strip() else []
@@ -137,19 +139,30 @@ def discover(**overrides: object) -> StackConfig:
     gateway: bytes | None = None
     if not iface:
         dest = env.get("USOCKET_ROUTE_TO", "1.1.1.1")
-        routes = _ip(["route", "get", dest], netns)
-        assert isinstance(routes, list) and routes, f"no route to {dest}"
+        try:
+            routes = _ip(["route", "get", dest], netns)
+        except subprocess.CalledProcessError as e:
+            raise OSError(errno.ENETUNREACH, f"usocket: no route to {dest} to pick an interface from "
+                          f"(set USOCKET_IFACE): {e.stderr.strip()}") from None
         iface = routes[0]["dev"]
         if routes[0].get("gateway"):
             gateway = ip_aton(routes[0]["gateway"])
     else:
-        for r in _ip(["route", "show", "default", "dev", str(iface)], netns):  # type: ignore[union-attr]
+        try:
+            default_routes = _ip(["route", "show", "default", "dev", str(iface)], netns)
+        except subprocess.CalledProcessError:
+            default_routes = []  # no such device: reported just below
+        for r in default_routes:
             if r.get("gateway"):
                 gateway = ip_aton(r["gateway"])
                 break
     assert isinstance(iface, str)
-    links = _ip(["addr", "show", "dev", iface], netns)
-    assert isinstance(links, list) and links, f"no interface {iface}"
+    try:
+        links = _ip(["addr", "show", "dev", iface], netns)
+    except subprocess.CalledProcessError:
+        links = []
+    if not links:
+        raise OSError(errno.ENODEV, f"usocket: no interface {iface!r}" + (f" in netns {netns}" if netns else ""))
     link = links[0]
     v4 = [a for a in link.get("addr_info", []) if a.get("family") == "inet"]
     cfg = StackConfig(iface=iface, mac=mac_aton(link.get("address", "00:00:00:00:00:00")),
@@ -170,7 +183,7 @@ def discover(**overrides: object) -> StackConfig:
     if gw:
         cfg.gateway = None if gw == "none" else ip_aton(str(gw))
     if "mtu" in overrides or "USOCKET_MTU" in env:
-        cfg.mtu = int(overrides.get("mtu", env.get("USOCKET_MTU")))  # type: ignore[arg-type]
+        cfg.mtu = int(str(overrides.get("mtu", env.get("USOCKET_MTU"))))
     resolv_conf = overrides.get("resolv_conf", env.get("USOCKET_RESOLV_CONF", "/etc/resolv.conf"))
     rc = parse_resolv_conf(_read(str(resolv_conf), netns))
     rc.hosts = parse_hosts(_read(str(overrides.get("hosts", env.get("USOCKET_HOSTS", "/etc/hosts"))), netns))

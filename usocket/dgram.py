@@ -66,7 +66,9 @@ class DatagramSocket:
         stack = self._rt.stack
         assert stack is not None
         self._udp = stack.udp
-        self._ep: NotifyingEndpoint = self._rt.call(self._udp.open, NotifyingEndpoint, self._cond)
+        ep = self._rt.call(self._udp.open, NotifyingEndpoint, self._cond)
+        assert isinstance(ep, NotifyingEndpoint)
+        self._ep = ep
         self._timeout: float | None = _socket.getdefaulttimeout()
         self._closed = False
 
