@@ -28,8 +28,8 @@ import errno
 import json
 import os
 import subprocess
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from .wire.addr import ip_aton, mac_aton
 
