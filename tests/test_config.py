@@ -85,3 +85,19 @@ def test_discover_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(OSError) as ei:
         discover()
     assert "usk-no-such-if" in str(ei.value)
+
+
+def test_glibc_limits_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    rc = parse_resolv_conf("nameserver 10.0.0.1\nnameserver 10.0.0.2\nnameserver 10.0.0.3\nnameserver 10.0.0.4\n"
+                           "search a.example\n", {"LOCALDOMAIN": "x.example y.example", "RES_OPTIONS": "ndots:4"})
+    assert rc.nameservers == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]  # MAXNS
+    assert rc.search == ["x.example", "y.example"] and rc.ndots == 4
+    monkeypatch.setenv("USOCKET_IFACE", "lo")
+    monkeypatch.setenv("USOCKET_NAMESERVERS", " 10.0.0.7 , 10.0.0.8")
+    assert discover().resolver.nameservers == ["10.0.0.7", "10.0.0.8"]
+
+
+def test_own_mode_without_an_address_of_its_own_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USOCKET_IFACE", "lo")
+    with pytest.raises(ValueError, match="own mode needs"):
+        discover(mode="own")

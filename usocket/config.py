@@ -73,7 +73,29 @@ def _ip(args: list[str], netns: str | None) -> Any:
     return json.loads(out) if out.strip() else []
 
 
-def parse_resolv_conf(text: str) -> ResolverConfig:
+MAXNS = 3  # glibc uses at most three nameservers
+
+
+def _apply_options(rc: ResolverConfig, words: list[str]) -> None:
+    for opt in words:
+        name, _, val = opt.partition(":")
+        try:
+            if name == "ndots":
+                rc.ndots = min(int(val), 15)
+            elif name == "timeout":
+                rc.timeout = float(max(1, min(int(val), 30)))
+            elif name == "attempts":
+                rc.attempts = max(1, min(int(val), 5))
+            elif name == "rotate":
+                rc.rotate = True
+        except ValueError:
+            pass
+
+
+def parse_resolv_conf(text: str, environ: dict[str, str] | None = None) -> ResolverConfig:
+    """resolv.conf as glibc reads it: at most three nameservers, the last ``search``/``domain``
+    line wins, ``options`` ndots/timeout/attempts/rotate (clamped like glibc); then, as glibc,
+    ``LOCALDOMAIN`` replaces the search list and ``RES_OPTIONS`` adds options (from ``environ``)."""
     rc = ResolverConfig()
     for line in text.splitlines():
         line = line.split("#", 1)[0].split(";", 1)[0].strip()
@@ -81,23 +103,17 @@ def parse_resolv_conf(text: str) -> ResolverConfig:
             continue
         key, *vals = line.split()
         if key == "nameserver" and vals:
-            rc.nameservers.append(vals[0])
+            if len(rc.nameservers) < MAXNS:
+                rc.nameservers.append(vals[0])
         elif key in ("search", "domain"):
             rc.search = list(vals)
         elif key == "options":
-            for opt in vals:
-                name, _, val = opt.partition(":")
-                try:
-                    if name == "ndots":
-                        rc.ndots = min(int(val), 15)
-                    elif name == "timeout":
-                        rc.timeout = float(max(1, min(int(val), 30)))
-                    elif name == "attempts":
-                        rc.attempts = max(1, min(int(val), 5))
-                    elif name == "rotate":
-                        rc.rotate = True
-                except ValueError:
-                    pass
+            _apply_options(rc, vals)
+    env = environ if environ is not None else {}
+    if env.get("LOCALDOMAIN") is not None:
+        rc.search = env["LOCALDOMAIN"].split()
+    if env.get("RES_OPTIONS"):
+        _apply_options(rc, env["RES_OPTIONS"].split())
     return rc
 
 
@@ -179,19 +195,26 @@ def discover(**overrides: object) -> StackConfig:
         cfg.address = ip_aton(a)
         if p:
             cfg.prefix_len = int(p)
+    elif cfg.mode == OWN:
+        raise ValueError("usocket: own mode needs an address of its own (USOCKET_ADDR=A.B.C.D/prefix or "
+                         "address=...): the interface's address is the kernel's")
+    elif not v4:
+        raise OSError(errno.EADDRNOTAVAIL, f"usocket: {iface} has no IPv4 address to share (shared mode)")
     gw = overrides.get("gateway", env.get("USOCKET_GATEWAY"))
     if gw:
         cfg.gateway = None if gw == "none" else ip_aton(str(gw))
     if "mtu" in overrides or "USOCKET_MTU" in env:
         cfg.mtu = int(str(overrides.get("mtu", env.get("USOCKET_MTU"))))
     resolv_conf = overrides.get("resolv_conf", env.get("USOCKET_RESOLV_CONF", "/etc/resolv.conf"))
-    rc = parse_resolv_conf(_read(str(resolv_conf), netns))
+    rc = parse_resolv_conf(_read(str(resolv_conf), netns), dict(env))
     rc.hosts = parse_hosts(_read(str(overrides.get("hosts", env.get("USOCKET_HOSTS", "/etc/hosts"))), netns))
     ns = overrides.get("nameservers", env.get("USOCKET_NAMESERVERS"))
     if ns:
-        rc.nameservers = list(ns) if isinstance(ns, (list, tuple)) else str(ns).split(",")
+        rc.nameservers = list(ns) if isinstance(ns, (list, tuple)) else [n.strip() for n in str(ns).split(",")
+                                                                          if n.strip()]
     sd = overrides.get("search", env.get("USOCKET_SEARCH"))
     if sd is not None:
-        rc.search = list(sd) if isinstance(sd, (list, tuple)) else [s for s in str(sd).split(",") if s]
+        rc.search = list(sd) if isinstance(sd, (list, tuple)) else [d.strip() for d in str(sd).split(",")
+                                                                     if d.strip()]
     cfg.resolver = rc
     return cfg

@@ -12,11 +12,15 @@ import os
 import socket as _socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from .proto.udp import UdpEndpoint, UdpLayer
-from .runtime import Runtime, get_runtime
+from .runtime import Runtime, RuntimeStopped, get_runtime
 from .wire.addr import ANY_IP, ip_aton, ip_ntoa
+
+SUPPORTED_RECV_FLAGS = _socket.MSG_PEEK | _socket.MSG_DONTWAIT
+SUPPORTED_SEND_FLAGS = _socket.MSG_DONTWAIT
 
 
 class NotifyingEndpoint(UdpEndpoint):
@@ -36,29 +40,28 @@ class NotifyingEndpoint(UdpEndpoint):
             super().on_error(err)
             self.cond.notify_all()
 
+    def on_shutdown(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
 
-def _addr(address: Any) -> tuple[bytes, int]:
-    if not isinstance(address, tuple) or len(address) != 2:
-        raise TypeError("AF_INET address must be a tuple (host, port)")
-    host, port = address
-    if not isinstance(port, int):
-        raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
-    if not 0 <= port <= 65535:
-        raise OverflowError("bind(): port must be 0-65535.")
-    if host in ("", "0.0.0.0"):
-        return ANY_IP, port
-    if host == "<broadcast>":
-        return b"\xff\xff\xff\xff", port
+
+def _oserror(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _bytes(data: Any) -> bytes:
     try:
-        return ip_aton(host), port
-    except OSError:
-        from .resolver import gethostbyname
-
-        return ip_aton(gethostbyname(host)), port
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") from None
 
 
 class DatagramSocket:
     """``socket(AF_INET, SOCK_DGRAM)`` on the userland stack."""
+
+    family = _socket.AF_INET
+    type = _socket.SOCK_DGRAM
+    proto = 0
 
     def __init__(self, runtime: Runtime | None = None) -> None:
         self._rt = runtime if runtime is not None else get_runtime()
@@ -71,16 +74,43 @@ class DatagramSocket:
         self._ep = ep
         self._timeout: float | None = _socket.getdefaulttimeout()
         self._closed = False
+        cond = self._cond
+
+        def wake() -> None:
+            with cond:
+                cond.notify_all()
+
+        self._unregister = self._rt.on_stop(wake)
+        # Like the stdlib, a socket that is garbage-collected without close() is closed.
+        self._finalizer = weakref.finalize(self, _finalize, self._rt, self._udp, ep, self._unregister)
+
+    # -- addresses ---------------------------------------------------------------------------
+    def _addr(self, address: Any, method: str) -> tuple[bytes, int]:
+        if not isinstance(address, tuple) or len(address) != 2:
+            raise TypeError("AF_INET address must be a tuple (host, port)")
+        host, port = address
+        if not isinstance(host, str):
+            raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
+        if not isinstance(port, int):
+            raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
+        if not 0 <= port <= 65535:
+            raise OverflowError(f"{method}(): port must be 0-65535.")
+        if host in ("", "0.0.0.0"):
+            return ANY_IP, port
+        if host == "<broadcast>":
+            return b"\xff\xff\xff\xff", port
+        try:
+            return ip_aton(host), port
+        except OSError:
+            from .resolver import Resolver
+
+            return ip_aton(Resolver(self._rt).gethostbyname(host)), port
 
     # -- stdlib surface ----------------------------------------------------------------------
-    family = _socket.AF_INET
-    type = _socket.SOCK_DGRAM
-    proto = 0
-
     def settimeout(self, value: float | None) -> None:
         if value is not None and value < 0:
             raise ValueError("Timeout value out of range")
-        self._timeout = value
+        self._timeout = None if value is None else float(value)
 
     def gettimeout(self) -> float | None:
         return self._timeout
@@ -88,61 +118,97 @@ class DatagramSocket:
     def setblocking(self, flag: bool) -> None:
         self._timeout = None if flag else 0.0
 
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
     def _check(self) -> None:
-        if self._closed:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if self._closed or self._ep.closed:
+            raise _oserror(errno.EBADF)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return self._rt.call(fn, *args)
+        except RuntimeStopped:
+            raise _oserror(errno.ENETDOWN) from None
 
     def bind(self, address: Any) -> None:
         self._check()
-        ip, port = _addr(address)
-        self._rt.call(self._udp.bind, self._ep, ip, port)
+        ip, port = self._addr(address, "bind")
+        self._call(self._udp.bind, self._ep, ip, port)
 
     def connect(self, address: Any) -> None:
         self._check()
-        ip, port = _addr(address)
-        self._rt.call(self._udp.connect, self._ep, ip, port)
+        ip, port = self._addr(address, "connect")
+        self._call(self._udp.connect, self._ep, ip, port)
 
-    def sendto(self, data: bytes, address: Any) -> int:
+    def sendto(self, data: Any, flags_or_addr: Any, address: Any = None) -> int:
+        if address is None:
+            flags, address = 0, flags_or_addr
+        else:
+            flags = flags_or_addr
+        payload = _bytes(data)
         self._check()
-        ip, port = _addr(address)
+        self._check_flags(flags, SUPPORTED_SEND_FLAGS)
+        ip, port = self._addr(address, "sendto")
         self._raise_pending()
-        return self._rt.call(self._udp.sendto, self._ep, bytes(data), ip, port)
+        return int(self._call(self._udp.sendto, self._ep, payload, ip, port))
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: Any, flags: int = 0) -> int:
+        payload = _bytes(data)
         self._check()
+        self._check_flags(flags, SUPPORTED_SEND_FLAGS)
         self._raise_pending()
         if not self._ep.connected:
-            raise OSError(errno.EDESTADDRREQ, os.strerror(errno.EDESTADDRREQ))
-        return self._rt.call(self._udp.send, self._ep, bytes(data))
+            raise _oserror(errno.EDESTADDRREQ)
+        return int(self._call(self._udp.send, self._ep, payload))
 
-    def recvfrom(self, bufsize: int) -> tuple[bytes, tuple[str, int]]:
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.send(data, flags)
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
+        return self._recv(bufsize, flags, "recvfrom")
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self._recv(bufsize, flags, "recv")[0]
+
+    def _recv(self, bufsize: int, flags: int, method: str) -> tuple[bytes, tuple[str, int]]:
         self._check()
         if bufsize < 0:
-            raise ValueError("negative buffersize in recvfrom")
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+            raise ValueError(f"negative buffersize in {method}")
+        self._check_flags(flags, SUPPORTED_RECV_FLAGS)
+        timeout = 0.0 if flags & _socket.MSG_DONTWAIT else self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ep = self._ep
         with self._cond:
             while True:
-                item = self._ep.pop()
+                if ep.pending_error is not None:  # Linux reports a pending error before queued data
+                    raise _oserror(ep.take_error())
+                item = ep.queue[0] if (flags & _socket.MSG_PEEK and ep.queue) else None
+                if item is None and not flags & _socket.MSG_PEEK:
+                    item = ep.pop()
                 if item is not None:
                     data, src, sport = item
                     return data[:bufsize], (ip_ntoa(src), sport)
-                if self._ep.pending_error is not None:
-                    code = self._ep.take_error()
-                    raise OSError(code, os.strerror(code))
-                if self._closed:
-                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                if self._closed or ep.closed:
+                    raise _oserror(errno.EBADF)
+                if not self._rt.running:
+                    raise _oserror(errno.ENETDOWN)
                 if deadline is None:
                     self._cond.wait()
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    if self._timeout == 0:
+                    if timeout == 0:
                         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                     raise TimeoutError("timed out")
                 self._cond.wait(left)
 
-    def recv(self, bufsize: int) -> bytes:
-        return self.recvfrom(bufsize)[0]
+    @staticmethod
+    def _check_flags(flags: int, supported: int) -> None:
+        if not isinstance(flags, int):
+            raise TypeError(f"'{type(flags).__name__}' object cannot be interpreted as an integer")
+        if flags & ~supported:
+            raise _oserror(errno.EOPNOTSUPP)
 
     def getsockname(self) -> tuple[str, int]:
         self._check()
@@ -151,23 +217,25 @@ class DatagramSocket:
     def getpeername(self) -> tuple[str, int]:
         self._check()
         if self._ep.remote_ip is None:
-            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+            raise _oserror(errno.ENOTCONN)
         return ip_ntoa(self._ep.remote_ip), self._ep.remote_port
 
     def _raise_pending(self) -> None:
         if self._ep.pending_error is not None:
-            code = self._rt.call(self._ep.take_error)
+            code = self._call(self._ep.take_error)
             if code:
-                raise OSError(code, os.strerror(code))
+                raise _oserror(code)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._finalizer.detach()
         try:
             self._rt.call(self._udp.close, self._ep)
-        except RuntimeError:
-            pass  # runtime already stopped
+        except RuntimeStopped:
+            pass  # the runtime closed every endpoint when it stopped
+        self._unregister()
         with self._cond:
             self._cond.notify_all()
 
@@ -179,4 +247,10 @@ class DatagramSocket:
 
     def __repr__(self) -> str:
         state = " [closed]" if self._closed else ""
-        return f"<usocket.DatagramSocket{state} laddr={ip_ntoa(self._ep.local_ip)}:{self._ep.local_port}>"
+        return (f"<usocket.DatagramSocket{state} family=AF_INET, type=SOCK_DGRAM, proto=0, "
+                f"laddr=('{ip_ntoa(self._ep.local_ip)}', {self._ep.local_port})>")
+
+
+def _finalize(rt: Runtime, udp: UdpLayer, ep: UdpEndpoint, unregister: Any) -> None:
+    rt.call_soon(udp.close, ep)
+    unregister()

@@ -6,11 +6,12 @@ module hands it a lookup and waits for the callback. Failures raise the stdlib's
 """
 from __future__ import annotations
 
+import socket as _socket
 import threading
 from typing import Any
 
 from .proto.dns import DnsError, DnsResult
-from .runtime import Runtime, get_runtime
+from .runtime import Runtime, RuntimeStopped, get_runtime
 
 
 class Resolver:
@@ -25,10 +26,17 @@ class Resolver:
             box.append(result)
             done.set()
 
-        stack = self._rt.stack
-        assert stack is not None
-        self._rt.call(start, *args, callback)
-        done.wait()
+        unregister = self._rt.on_stop(done.set)  # a stopping runtime abandons its lookups
+        try:
+            try:
+                self._rt.call(start, *args, callback)
+            except RuntimeStopped:
+                pass
+            done.wait()
+        finally:
+            unregister()
+        if not box:
+            raise _socket.gaierror(_socket.EAI_AGAIN, "Temporary failure in name resolution")
         result = box[0]
         if isinstance(result, DnsError):
             raise result
@@ -41,6 +49,10 @@ class Resolver:
         return self._wait(stack.dns.resolve, name)
 
     def gethostbyname(self, name: str) -> str:
+        if name == "":
+            return "0.0.0.0"
+        if name == "<broadcast>":
+            return "255.255.255.255"
         try:
             return str(self.resolve(name).values[0])
         except DnsError as e:
@@ -51,12 +63,16 @@ class Resolver:
             r = self.resolve(name)
         except DnsError as e:
             raise e.as_gaierror() from None
-        aliases = [name] if r.canonical != name else []
+        aliases = [a for a in getattr(r, "aliases", ()) if a != r.canonical]
         return r.canonical, aliases, [str(v) for v in r.values]
 
     def gethostbyaddr(self, ip: str) -> tuple[str, list[str], list[str]]:
         stack = self._rt.stack
         assert stack is not None
+        try:
+            _socket.inet_aton(ip)
+        except OSError:
+            ip = self.gethostbyname(ip)  # like glibc: a name is resolved first
         try:
             r = self._wait(stack.dns.resolve_ptr, ip)
         except DnsError as e:

@@ -4,10 +4,18 @@ The :class:`usocket.stack.Stack` is sans-IO; :class:`Runtime` runs it for real. 
 waits in ``select()`` on the link, the NFQUEUE descriptor (shared mode) and an ``eventfd`` that
 user threads write to when they hand it work (``call``/``call_soon``). Every touch of stack state
 happens on that thread, so the protocol code needs no locks. User threads block on their own
-conditions (see :mod:`usocket.dgram`), never by busy-waiting.
+conditions (see :mod:`usocket.dgram`), never by busy-waiting; :meth:`Runtime.on_stop` lets them be
+woken when the runtime goes away.
+
+Lifecycle: ``start()`` once (a stopped runtime is not restarted: build a new one), ``stop()``
+any number of times. Stopping runs :meth:`usocket.stack.Stack.shutdown` on the stack thread
+(endpoints closed, ports released), then the thread closes the diversion (its iptables rules go)
+and the link. An exception anywhere in one loop pass is counted and logged; the pass still
+runs every queued call, the timers and the output.
 
 ``get_runtime()`` returns the process-wide runtime, started lazily from
-:func:`usocket.config.discover` at first use and stopped at interpreter exit.
+:func:`usocket.config.discover` at first use and stopped at interpreter exit (and forgotten in a
+forked child, which must start its own).
 """
 from __future__ import annotations
 
@@ -27,6 +35,10 @@ from .stack import FlowObserver, Stack
 
 log = logging.getLogger("usocket")
 T = TypeVar("T")
+
+
+class RuntimeStopped(RuntimeError):
+    """The runtime is not running (never started, stopped, or lost in a fork)."""
 
 
 class Runtime:
@@ -57,26 +69,40 @@ class Runtime:
             collections.deque())
         self._wake_fd = -1
         self._thread: threading.Thread | None = None
-        self._running = False
+        self._state = "new"  # new -> running -> stopped
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._lock = threading.Lock()
+        self._stop_callbacks: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        t = self._thread
+        return self._state == "running" and t is not None and t.is_alive()
+
     def start(self) -> Runtime:
         with self._lock:
-            if self._thread is not None:
+            if self._state == "running":
                 return self
+            if self._state == "stopped":
+                raise RuntimeStopped("a stopped usocket runtime cannot be restarted; create a new one")
             try:
                 self._open()
             except BaseException:
+                self._state = "stopped"
                 self._close_resources()
                 raise
-            self._running = True
+            self._state = "running"
             self._thread = threading.Thread(target=self._run, name="usocket-stack", daemon=True)
             self._thread.start()
         self._started.wait()
         if self._start_error is not None:
+            self._thread.join()
+            with self._lock:
+                self._state = "stopped"
+            self._fail_pending()
+            self._close_resources()
             raise self._start_error
         return self
 
@@ -118,16 +144,55 @@ class Runtime:
             self.stack.counters.adopt("link", self._link.counters)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, remove diversion rules, close the link. Idempotent."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread: endpoints closed, diversion rules removed, link closed. Idempotent.
+        The stack thread does the closing itself once its loop has ended, so nothing is closed
+        under its feet; if it does not end within ``timeout`` it still closes when it does."""
         with self._lock:
-            thread, self._thread = self._thread, None
-            self._running = False
-        if thread is not None:
-            self._wake()
-            if thread is not threading.current_thread():
-                thread.join(timeout)
-        self._close_resources()
+            if self._state != "running":
+                if self._state == "new":
+                    self._state = "stopped"
+                return
+            self._state = "stopped"
+            thread = self._thread
+        self._wake()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("usocket: the stack thread did not stop within %.1f s", timeout)
+        self._run_stop_callbacks()
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` (from the stopping thread) when the runtime stops, so a user thread
+        blocked on its own condition can notice. Returns a function that unregisters it."""
+        with self._lock:
+            stopped = self._state == "stopped"
+            if not stopped:
+                self._stop_callbacks.append(callback)
+        if stopped:
+            callback()
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._stop_callbacks:
+                    self._stop_callbacks.remove(callback)
+
+        return remove
+
+    def _run_stop_callbacks(self) -> None:
+        with self._lock:
+            callbacks, self._stop_callbacks = self._stop_callbacks, []
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:  # noqa: BLE001
+                log.exception("usocket: error in a stop callback")
 
     def _close_resources(self) -> None:
         for closer in (self.divert, self.link if self.link is not None else self._link):
@@ -140,103 +205,147 @@ class Runtime:
         if self._own_pcap is not None:
             self._own_pcap.close()
             self._own_pcap = None
-        if self._wake_fd >= 0:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
-
-    def __enter__(self) -> Runtime:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        with self._lock:  # _wake() reads the fd under the lock: no write into a reused number
+            fd, self._wake_fd = self._wake_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     # -- talking to the stack thread -------------------------------------------------------------
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the stack thread soon; from any thread; never blocks."""
-        self._calls.append((fn, args, None))
+        """Run ``fn(*args)`` on the stack thread soon; from any thread; never blocks.
+        Dropped silently when the runtime is not running."""
+        with self._lock:
+            if self._state != "running":
+                return
+            self._calls.append((fn, args, None))
         self._wake()
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """Run ``fn(*args)`` on the stack thread and return its result (or raise its exception)."""
+        """Run ``fn(*args)`` on the stack thread and return its result (or raise its exception).
+        Raises :class:`RuntimeStopped` if the runtime is not running or stops meanwhile."""
         if threading.current_thread() is self._thread:
             return fn(*args)
-        if not self._running:
-            raise RuntimeError("usocket runtime is not running")
         fut: Future[T] = Future()
-        self._calls.append((fn, args, fut))
+        with self._lock:
+            if self._state != "running" or self._thread is None or not self._thread.is_alive():
+                raise RuntimeStopped("usocket runtime is not running")
+            self._calls.append((fn, args, fut))
         self._wake()
         return fut.result(timeout)
 
     def _wake(self) -> None:
-        if self._wake_fd >= 0:
-            try:
-                os.eventfd_write(self._wake_fd, 1)
-            except OSError:
-                pass
+        with self._lock:
+            if self._wake_fd >= 0:
+                try:
+                    os.eventfd_write(self._wake_fd, 1)
+                except OSError:
+                    pass
+
+    def _fail_pending(self) -> None:
+        while self._calls:
+            _, _, fut = self._calls.popleft()
+            if fut is not None and fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeStopped("usocket runtime stopped"))
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         stack = self.stack
         assert stack is not None
         sel = selectors.DefaultSelector()
+        link = self.link
         try:
-            link = self.link
             sel.register(link.fileno(), selectors.EVENT_READ, "link")
             sel.register(self._wake_fd, selectors.EVENT_READ, "wake")
             if self.divert is not None:
                 sel.register(self.divert.fileno(), selectors.EVENT_READ, "divert")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._start_error = exc
+            sel.close()
             self._started.set()
             return
         self._started.set()
-        divert_handler = self._divert_handler
-        calls = self._calls
-        monotonic = time.monotonic
-        while self._running:
-            deadline = stack.poll_at()
-            timeout = None if deadline is None else max(0.0, deadline - monotonic())
-            try:
-                events = sel.select(timeout)
-            except InterruptedError:
-                continue
-            now = monotonic()
-            stack.now = now
-            try:
+        errors = stack.counters.layer("runtime")
+        try:
+            while self._state == "running":
+                deadline = stack.poll_at()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    events = sel.select(timeout)
+                except InterruptedError:
+                    continue
+                now = time.monotonic()
+                stack.now = now
                 for key, _ in events:
-                    what = key.data
-                    if what == "link":
-                        for frame, csum_ok in link.recv_batch(64):
-                            stack.receive_frame(frame, now, csum_ok)
-                    elif what == "divert":
-                        self.divert.read(divert_handler, 64)
-                    else:
-                        try:
-                            os.eventfd_read(self._wake_fd)
-                        except BlockingIOError:
-                            pass
-                while calls:
-                    fn, args, fut = calls.popleft()
-                    if fut is None:
-                        fn(*args)
-                    elif fut.set_running_or_notify_cancel():
-                        try:
-                            fut.set_result(fn(*args))
-                        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                            fut.set_exception(exc)
-                stack.poll(monotonic())
-                out = stack.take_output()
-                if out:
-                    link.send_batch(out)
-            except Exception:  # noqa: BLE001 - the stack thread must survive anything
-                stack.counters.layer("runtime")["errors"] += 1
-                log.exception("usocket: error in the stack thread")
-        sel.close()
-        # Fail any caller still waiting.
+                    try:
+                        self._handle(key.data, link, sel, now)
+                    except Exception:  # noqa: BLE001 - the stack thread survives anything
+                        errors["errors"] += 1
+                        log.exception("usocket: error handling %s", key.data)
+                self._run_calls(errors)
+                self._tick(stack, link, errors)
+        finally:
+            try:
+                with self._lock:
+                    self._state = "stopped"
+                self._run_calls(errors)  # calls queued before stop() still run
+                try:
+                    stack.shutdown()
+                    self._tick(stack, link, errors)
+                except Exception:  # noqa: BLE001
+                    log.exception("usocket: error while shutting the stack down")
+                self._fail_pending()
+            finally:
+                sel.close()
+                self._close_resources()
+                self._run_stop_callbacks()
+
+    def _handle(self, what: str, link: Any, sel: selectors.BaseSelector, now: float) -> None:
+        stack = self.stack
+        assert stack is not None
+        if what == "link":
+            for frame, csum_ok in link.recv_batch(64):
+                try:
+                    stack.receive_frame(frame, now, csum_ok)
+                except Exception:  # noqa: BLE001 - one bad frame must not cost the batch
+                    stack.counters.layer("runtime")["errors"] += 1
+                    log.exception("usocket: error processing a frame")
+            if getattr(link, "eof", False):
+                sel.unregister(link.fileno())
+                log.error("usocket: link %s reached end of file; no more frames", link.name)
+        elif what == "divert":
+            self.divert.read(self._divert_handler, 64)
+        else:
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
+
+    def _run_calls(self, errors: Any) -> None:
+        calls = self._calls
         while calls:
-            _, _, fut = calls.popleft()
-            if fut is not None and fut.set_running_or_notify_cancel():
-                fut.set_exception(RuntimeError("usocket runtime stopped"))
+            fn, args, fut = calls.popleft()
+            if fut is None:
+                try:
+                    fn(*args)
+                except Exception:  # noqa: BLE001
+                    errors["errors"] += 1
+                    log.exception("usocket: error in a call_soon function")
+            elif fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
+
+    @staticmethod
+    def _tick(stack: Stack, link: Any, errors: Any) -> None:
+        try:
+            stack.poll(time.monotonic())
+        except Exception:  # noqa: BLE001
+            errors["errors"] += 1
+            log.exception("usocket: error in a timer")
+        out = stack.take_output()
+        if out:
+            link.send_batch(out)
 
     def _divert_handler(self, packet: bytes) -> bool:
         stack = self.stack
@@ -264,7 +373,7 @@ def get_runtime() -> Runtime:
     """The process-wide runtime, created from the system/environment and started at first use."""
     global _runtime
     with _runtime_lock:
-        if _runtime is None:
+        if _runtime is None or _runtime._state == "stopped":
             rt = Runtime()
             rt.start()
             atexit.register(rt.stop)
@@ -278,3 +387,13 @@ def set_runtime(rt: Runtime | None) -> Runtime | None:
     with _runtime_lock:
         prev, _runtime = _runtime, rt
         return prev
+
+
+def _forget_after_fork() -> None:
+    # The stack thread does not exist in a forked child; its sockets and rules are the parent's.
+    global _runtime, _runtime_lock
+    _runtime = None
+    _runtime_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

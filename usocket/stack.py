@@ -137,5 +137,21 @@ class Stack:
         out, self._out = self._out, []
         return out
 
+    def shutdown(self) -> None:
+        """Release everything the stack holds in the outside world: every endpoint is closed
+        (its port given back, its diversion flow closed, waiters woken through the endpoint's
+        ``on_shutdown()`` if it has one), lookups in flight abandoned, port reservations freed.
+        The runtime calls this on the stack thread when it stops."""
+        self.dns.close()
+        for layer in self.transports.values():
+            for ep in list(layer.endpoints()):
+                layer.close(ep)
+                hook = getattr(ep, "on_shutdown", None)
+                if hook is not None:
+                    hook()
+        close = getattr(self.ports, "close", None)
+        if close is not None:
+            close()
+
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         return self.timers.call_at(self.now + delay, callback, *args)

@@ -360,6 +360,7 @@ class PairLink(Link):
         self.rng = random.Random(seed)
         self.csum_ok = csum_ok
         self._held: bytes | None = None
+        self.eof = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -375,7 +376,8 @@ class PairLink(Link):
             except OSError as exc:
                 c["drop.rx_" + errno_reason(exc)] += 1
                 break
-            if not frame:  # the peer closed
+            if not frame:  # the peer closed: stays readable forever, so say so (the runtime unregisters)
+                self.eof = True
                 break
             c["rx"] += 1
             out.append((frame, self.csum_ok))
