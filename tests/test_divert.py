@@ -22,7 +22,17 @@ import pytest
 from usocket.divert import Diverter, KernelPortAllocator, cleanup, owner_alive, owner_tag
 from usocket.divert.nfqueue import config_message
 from usocket.divert.ports import ephemeral_range
-from usocket.divert.rules import Iptables, ListedRule, flow_match, parse_tag, process_start_time
+from usocket.divert.rules import (
+    FlowRules,
+    Iptables,
+    IptablesError,
+    ListedRule,
+    broadcast_match,
+    flow_match,
+    nfqueue_target,
+    parse_tag,
+    process_start_time,
+)
 from usocket.netns import run_in_netns
 
 ROOT = os.geteuid() == 0 or os.environ.get("CI") == "true"
@@ -41,6 +51,70 @@ def test_flow_match_scopes_by_local_and_remote() -> None:
         flow_match(1, "10.0.0.1", 1, None)
     with pytest.raises(ValueError):
         flow_match(6, "10.0.0.1", 0, None)
+
+
+def test_broadcast_rule_only_for_udp_ports_open_to_any_remote() -> None:
+    assert broadcast_match(17, 68) == ["-p", "udp", "-m", "addrtype", "--dst-type", "BROADCAST", "-m", "udp",
+                                       "--dport", "68"]
+    with pytest.raises(ValueError):
+        broadcast_match(6, 80)
+    fr = FlowRules("10.0.0.1", 7, tag="usocket:pid=1:start=2", iptables=Iptables(None), defer_removal=False)
+    udp_any = fr.flow_rules(17, 5000, None)
+    assert udp_any == [fr.rule_args(17, 5000, None), fr.broadcast_rule_args(17, 5000)]
+    assert udp_any[1] == broadcast_match(17, 5000) + nfqueue_target(7, "usocket:pid=1:start=2")
+    assert len(fr.flow_rules(17, 5000, (b"\x0a\0\0\x02", 53))) == 1  # connected: unicast only
+    assert len(fr.flow_rules(6, 5000, None)) == 1  # TCP: no broadcasts
+    fr.divert_broadcast = False
+    assert len(fr.flow_rules(17, 5000, None)) == 1
+
+
+class ListIptables(Iptables):
+    """Applies batches to a list instead of the kernel."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.rules: list[str] = []
+        self.batches = 0
+
+    def restore(self, lines: list[str]) -> None:
+        self.batches += 1
+        for line in lines:
+            if line.startswith("-A "):
+                self.rules.append(line)
+            else:
+                self.rules.remove("-A" + line[2:])
+
+    def ensure_chain(self) -> None:
+        pass
+
+
+class NoAddrtypeIptables(ListIptables):
+    """Refuses any batch holding an addrtype rule, as a kernel without that match would."""
+
+    def restore(self, lines: list[str]) -> None:
+        if any("addrtype" in line for line in lines):
+            raise IptablesError("iptables-restore: Couldn't load match `addrtype'")
+        super().restore(lines)
+
+
+def test_flow_rules_go_together_and_broadcast_is_given_up_without_addrtype() -> None:
+    tag = "usocket:pid=1:start=2"
+    ipt = ListIptables()
+    fr = FlowRules("10.0.0.1", 7, tag=tag, iptables=ipt, defer_removal=False)
+    fr.add(17, 5000, None)
+    fr.add(17, 5000, None)
+    assert len(ipt.rules) == 2 and ipt.batches == 1  # unicast + broadcast, in one batch
+    assert fr.remove(17, 5000, None) and len(ipt.rules) == 2  # one user left
+    assert fr.remove(17, 5000, None) and ipt.rules == [] and ipt.batches == 2  # both, in one batch
+    assert not fr.remove(17, 5000, None)
+    old = NoAddrtypeIptables()
+    fr = FlowRules("10.0.0.1", 7, tag=tag, iptables=old, defer_removal=False)
+    fr.add(17, 5000, None)
+    assert len(old.rules) == 1 and "addrtype" not in old.rules[0]  # the flow itself is diverted
+    assert not fr.divert_broadcast and isinstance(fr.broadcast_error, IptablesError)
+    fr.add(17, 5001, None)
+    assert len(old.rules) == 2
+    assert fr.remove(17, 5000, None) and fr.remove(17, 5001, None) and old.rules == []
 
 
 def test_owner_tag_names_this_process_and_detects_dead_and_zombies() -> None:
@@ -163,19 +237,20 @@ def test_rules_scoped_tagged_refcounted_and_removed(ns: object) -> None:
         assert lab.iptables_rules(c)[0] == "-A INPUT -j USOCKET"  # type: ignore[attr-defined]
         div.flow_opened(17, 5000, None)
         div.flow_opened(6, 40001, (socket.inet_aton(sip), 80))
-        div.flow_opened(17, 5000, None)  # same flow again: refcounted, one rule
+        div.flow_opened(17, 5000, None)  # same flow again: refcounted, one set of rules
         rules = usocket_rules(c)
-        assert len(rules) == 2
+        assert len(rules) == 3  # UDP 5000: unicast + broadcast; TCP: unicast
         assert all(r.tag == owner_tag() and r.queue_num == div.queue_num for r in rules)
         assert all(r.line.endswith(f"-j NFQUEUE --queue-num {div.queue_num} --queue-bypass") for r in rules)
-        udp = [r.line for r in rules if "-p udp" in r.line][0]
+        udp, bcast = [r.line for r in rules if "-p udp" in r.line]
         assert f"-d {cip}/32" in udp and "--dport 5000" in udp and "-s " not in udp and "--sport" not in udp
+        assert "-m addrtype --dst-type BROADCAST" in bcast and "--dport 5000" in bcast and "-d " not in bcast
         tcp = [r.line for r in rules if "-p tcp" in r.line][0]
         assert f"-s {sip}/32 -d {cip}/32" in tcp and "--sport 80 --dport 40001" in tcp
         assert not any("DROP" in r for r in lab.iptables_rules(c))  # type: ignore[attr-defined]
         div.flow_closed(17, 5000, None)
         assert div.flush_rules()
-        assert len(usocket_rules(c)) == 2  # one user left
+        assert len(usocket_rules(c)) == 3  # one user left
         div.flow_closed(17, 5000, None)
         div.flow_closed(6, 40001, (socket.inet_aton(sip), 80))
         assert div.flush_rules()
@@ -186,6 +261,11 @@ def test_rules_scoped_tagged_refcounted_and_removed(ns: object) -> None:
         assert div.flush_rules()
         assert [r.line.count("--dport 40002") for r in usocket_rules(c)] == [1]
         div.flow_opened(17, 5001, None)
+        div.flow_opened(17, 5003, None)
+        div.flow_closed(17, 5003, None)  # both of its rules go, in one batch
+        assert div.flush_rules()
+        assert sorted("BROADCAST" in r.line for r in usocket_rules(c) if "--dport 5001" in r.line) == [False, True]
+        assert not any("--dport 5003" in r.line for r in usocket_rules(c))
     assert div.closed
     assert Iptables(c).list_rules() is None  # chain gone
     assert "-A INPUT -j USOCKET" not in lab.iptables_rules(c)  # type: ignore[attr-defined]
@@ -205,9 +285,9 @@ def test_two_diverters_in_one_namespace_keep_their_own_rules(ns: object) -> None
         b.flow_opened(17, 6001, None)
         a.close()
         rules = usocket_rules(c)
-        assert [r.queue_num for r in rules] == [b.queue_num] and "--dport 6001" in rules[0].line
+        assert [r.queue_num for r in rules] == [b.queue_num] * 2 and all("--dport 6001" in r.line for r in rules)
         assert cleanup(c) == 0  # the owner is alive: nothing to clean
-        assert len(usocket_rules(c)) == 1
+        assert len(usocket_rules(c)) == 2
     finally:
         a.close()
         b.close()
@@ -318,6 +398,39 @@ def test_read_respects_max_packets(ns: object) -> None:
         tx.close()
 
 
+@pytest.mark.lab
+def test_shared_mode_stack_gets_broadcasts_to_its_bound_port(ns: object) -> None:
+    """Datagrams to 255.255.255.255 and to the subnet broadcast reach a wildcard-bound stack
+    endpoint in shared mode (as in own mode): the port's broadcast rule diverts them."""
+    from usocket.dgram import DatagramSocket
+    from usocket.runtime import Runtime
+
+    lab = ns
+    c, s, sip = lab.client_ns, lab.server_ns, lab.server_ip  # type: ignore[attr-defined]
+    subnet_bcast = lab.client_ip.rsplit(".", 1)[0] + ".255"  # type: ignore[attr-defined]
+    assert lab.prefix_len == 24  # type: ignore[attr-defined]
+    tx = udp_socket(s, (sip, 0))  # bound: 255.255.255.255 leaves by the address's interface
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    try:
+        with Runtime(lab.stack_config("shared")) as rt, DatagramSocket(rt) as sock:  # type: ignore[attr-defined]
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+            assert any("BROADCAST" in r.line and f"--dport {port}" in r.line for r in usocket_rules(c))
+            sock.settimeout(WAIT)
+            got = []
+            for dst in ("255.255.255.255", subnet_bcast, lab.client_ip):  # type: ignore[attr-defined]
+                tx.sendto(dst.encode(), (dst, port))
+                got.append(sock.recvfrom(100))
+            assert got == [(d.encode(), (sip, tx.getsockname()[1]))
+                           for d in ("255.255.255.255", subnet_bcast, lab.client_ip)]  # type: ignore[attr-defined]
+            divert = rt.stack.counters.snapshot()["divert"]  # type: ignore[union-attr]
+            assert divert.get("dropped", 0) == 3 and divert.get("accepted", 0) == 0, divert  # the kernel got none
+            assert rt.stack.counters.get("udp", "rx.delivered") == 3  # type: ignore[union-attr]
+        assert usocket_rules(c) == []
+    finally:
+        tx.close()
+
+
 # -- lifecycle across processes --------------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import sys
@@ -349,12 +462,12 @@ def test_sigkill_leaves_rules_that_cleanup_and_start_remove_sigterm_sigint_remov
     live, ltag = start_child(c, cip, 9002)
     procs = [killed, live]
     try:
-        assert sorted(tags(c)) == sorted([ktag, ltag])  # type: ignore[type-var]
+        assert sorted(tags(c)) == sorted([ktag, ltag] * 2)  # type: ignore[type-var]  # unicast + broadcast
         killed.kill()
         killed.wait()
-        assert ktag in tags(c)  # SIGKILL: nothing ran, the rule stays (harmless: --queue-bypass)
-        assert cleanup(c) == 1
-        assert tags(c) == [ltag]  # the live owner's rule stays
+        assert ktag in tags(c)  # SIGKILL: nothing ran, the rules stay (harmless: --queue-bypass)
+        assert cleanup(c) == 2
+        assert tags(c) == [ltag] * 2  # the live owner's rules stay
         live.send_signal(signal.SIGTERM)
         assert live.wait(WAIT * 3) == -signal.SIGTERM  # still dies of SIGTERM ...
         assert Iptables(c).list_rules() is None  # ... after removing its rule, chain and jump
@@ -367,7 +480,7 @@ def test_sigkill_leaves_rules_that_cleanup_and_start_remove_sigterm_sigint_remov
         procs.append(again)
         again.kill()
         again.wait()
-        assert tags(c) == [atag]
+        assert tags(c) == [atag] * 2
         with Diverter(cip, c, handle_signals=False):  # start() removes dead owners' rules
             assert tags(c) == []
     finally:

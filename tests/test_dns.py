@@ -5,13 +5,18 @@ feeding reply datagrams into ``stack.udp.receive``; time only moves with ``stack
 """
 from __future__ import annotations
 
+import errno
 import random
 import socket
 import struct
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+import usocket.proto.dns as dns_mod
 from usocket.config import ResolverConfig, StackConfig
 from usocket.proto.dns import (
     EAI_AGAIN,
@@ -23,6 +28,8 @@ from usocket.proto.dns import (
     Resolver,
     inet_aton_exact,
 )
+from usocket.proto.icmp import IcmpError
+from usocket.proto.ports import PortAllocator
 from usocket.stack import Stack
 from usocket.wire.addr import ip_aton
 from usocket.wire.dns import (
@@ -100,10 +107,10 @@ class Sent:
 
 class Harness:
     def __init__(self, nameservers: tuple[str, ...] = (NS1,), resolver_cls: type[Resolver] = Resolver,
-                 **rc: Any) -> None:
+                 rng: random.Random | None = None, ports: PortAllocator | None = None, **rc: Any) -> None:
         cfg = StackConfig(address=OURS, prefix_len=16,
                           resolver=ResolverConfig(nameservers=list(nameservers), **rc))
-        self.stack = _Stack(cfg, rng=random.Random(42))
+        self.stack = _Stack(cfg, rng=rng or random.Random(42), ports=ports)
         self.resolver = resolver_cls(self.stack)
         self.results: dict[str, Any] = {}
 
@@ -141,8 +148,17 @@ class Harness:
         msg = DnsMessage(hdr, (question or q.q,), tuple(answers), tuple(authority))
         self.feed(q, msg, **kw)
 
-    def counter(self, key: str) -> int:
-        return self.stack.counters.get("dns", key)
+    def counter(self, key: str, layer: str = "dns") -> int:
+        return self.stack.counters.get(layer, key)
+
+    def icmp(self, q: Sent, server: str | None = None, type_: int = 3, code: int = 3,
+             errno_: int = errno.ECONNREFUSED, hard: bool = True) -> None:
+        """An ICMP error from ``server`` (default: the one ``q`` went to) quoting ``q``'s datagram."""
+        dst = ip_aton(server or q.server)
+        quoted = build_udp(q.sport, q.dport, b"", OURS, dst)
+        hdr = IPv4Header(0, 20 + len(quoted), 0, False, False, 0, 64, 17, 0, OURS, dst, 20, bytes(20))
+        err = IcmpError(type_, code, errno_, hard, dst)
+        self.stack.icmp.error_handlers[17](err, hdr, quoted[:8])
 
 
 def A(name: str, ip: str, ttl: int = 300) -> DnsRecord:
@@ -169,7 +185,9 @@ def test_simple_a_lookup() -> None:
     q = h.one()
     assert (q.server, q.dport) == (NS1, 53)
     assert q.q == DnsQuestion("www.example.com", TYPE_A, CLASS_IN) and q.msg.header.rd
-    assert 49152 <= q.sport <= 65535
+    assert 1024 <= q.sport <= 65535
+    (ep,) = h.stack.udp.endpoints()
+    assert (ep.remote_ip, ep.remote_port, ep.local_port) == (ip_aton(NS1), 53, q.sport)  # connected
     assert h.stack.udp.ports and not h.results
     h.reply(q, [A("www.example.com", "192.0.2.1", 120), A("www.example.com", "192.0.2.2", 100)])
     r = h.results["www.example.com"]
@@ -275,15 +293,45 @@ def test_timeouts_and_attempts() -> None:
     assert h.stack.udp.ports == {}
 
 
-def test_late_reply_from_earlier_server_accepted() -> None:
+def test_endpoint_reconnected_to_each_server_late_replies_lost_like_glibc() -> None:
     h = Harness(nameservers=(NS1, NS2), timeout=2, attempts=1)
     h.lookup("late.example")
     q1 = h.one()
     h.advance(2)
     q2 = h.one()
     assert q2.server == NS2 and q2.sport == q1.sport and q2.id == q1.id  # same question, same socket
-    h.reply(q1, [A("late.example", "192.0.2.9")])
-    assert h.results["late.example"].values == ["192.0.2.9"]
+    (ep,) = h.stack.udp.endpoints()
+    assert ep.remote_ip == ip_aton(NS2)
+    h.reply(q1, [A("late.example", "192.0.2.9")])  # NS1 was given up on: its socket is NS2's now
+    assert not h.results and h.counter("drop.no_port", "udp") == 1 and h.counter("rx") == 0
+    h.reply(q2, [A("late.example", "192.0.2.10")])
+    assert h.results["late.example"].values == ["192.0.2.10"]
+
+
+def test_icmp_port_unreachable_moves_to_the_next_try_at_once() -> None:
+    h = Harness(nameservers=(NS1, NS2), timeout=5, attempts=2)
+    h.lookup("dead.example")
+    q = h.one()
+    h.icmp(q, server=NS2)  # about a server not being asked: not this socket's peer, ignored
+    assert h.sent() == [] and h.counter("icmp_error.no_endpoint", "udp") == 1
+    servers = [q.server]
+    for _ in range(3):
+        h.icmp(q)
+        q = h.one()
+        servers.append(q.server)
+    assert servers == [NS1, NS2, NS1, NS2] and h.stack.now == 0  # no timeout waited
+    h.icmp(q)
+    r = h.results["dead.example"]
+    assert err_code(r) == EAI_AGAIN and h.stack.now == 0  # like glibc: ECONNREFUSED -> TRY_AGAIN
+    assert h.counter("rx.icmp_error.ECONNREFUSED") == 4 and h.counter("timeout") == 0
+    assert h.stack.udp.ports == {} and h.stack.poll_at() is None
+    # A refused first server, a live second one: the answer comes at once.
+    h.lookup("half.example")
+    h.icmp(h.one())
+    q = h.one()
+    assert q.server == NS2
+    h.reply(q, [A("half.example", "192.0.2.4")])
+    assert h.results["half.example"].values == ["192.0.2.4"] and h.stack.now == 0
 
 
 def test_rotate() -> None:
@@ -330,11 +378,18 @@ def test_mismatched_replies_ignored() -> None:
     h.reply(q, good, qid=(q.id + 1) & 0xFFFF)
     h.reply(q, good, question=DnsQuestion("evil.example.com", TYPE_A, CLASS_IN))
     h.reply(q, good, question=DnsQuestion("www.example.com", TYPE_MX, CLASS_IN))
+    # Other sources never reach the query: its endpoint is connected to NS1:53.
     h.reply(q, good, src=NS2)  # a configured server, but not asked yet
     h.reply(q, good, src="10.0.0.66")
     h.reply(q, good, sport=5353)
+    assert h.counter("drop.no_port", "udp") == 3
     h.reply(q, good, qr=False)
     h.feed(q, b"\x00\x01\x81")  # malformed
+    # The resolver's own source check still stands behind the connected endpoint.
+    (query,) = h.resolver.queries
+    raw = build_message(DnsMessage(DnsHeader(q.id, qr=True), (q.q,), tuple(good)))
+    for src, sport in ((NS2, 53), ("10.0.0.66", 53), (NS1, 5353)):
+        assert h.resolver.validate_reply(query, raw, ip_aton(src), sport) is None
     assert not h.results
     assert (h.counter("drop.bad_id"), h.counter("drop.bad_question"), h.counter("drop.bad_source"),
             h.counter("drop.not_response"), h.counter("drop.malformed")) == (1, 2, 3, 1, 1)
@@ -612,3 +667,197 @@ def test_struct_of_query_packet() -> None:
     dst, dgram = h.stack.ipv4.sent[0]
     assert dst == ip_aton(NS1) and struct.unpack_from("!H", dgram, 2)[0] == 53
     assert len(dgram) == 8 + 12 + len(b"\x01x\x07example\x00") + 4
+
+
+# -- review fixes: cheap checks first, wire-form names, source ports ------------------------------------
+def test_reply_header_and_question_checked_before_the_full_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[int] = []
+    real = dns_mod.parse_message
+
+    def counting(data: Any, max_records: int | None = None) -> DnsMessage:
+        parsed.append(len(data))
+        return real(data, max_records)
+
+    monkeypatch.setattr(dns_mod, "parse_message", counting)
+    h = Harness()
+    h.lookup("www.example.com")
+    q = h.one()
+    good = [A("www.example.com", "192.0.2.1")]
+    h.reply(q, good, qid=(q.id + 1) & 0xFFFF)
+    h.reply(q, good, qr=False)
+    h.reply(q, good, question=DnsQuestion("evil.example.com", TYPE_A, CLASS_IN))
+    two_questions = build_message(DnsMessage(DnsHeader(q.id, qr=True), (q.q, q.q), tuple(good)))
+    h.feed(q, two_questions)
+    assert parsed == [] and not h.results  # none of them was decoded past its question
+    assert (h.counter("drop.bad_id"), h.counter("drop.not_response"), h.counter("drop.bad_question")) == (1, 1, 2)
+    h.reply(q, good)
+    assert len(parsed) == 1 and h.results["www.example.com"].values == ["192.0.2.1"]
+
+
+def _huge_reply(qid: int, qname: str, n: int) -> bytes:
+    """A reply with ``n`` A records whose owner names all point at one 253-byte name."""
+    hdr = struct.pack("!HHHHHH", qid, 0x8180, 1, n, 0, 0)
+    question = DnsQuestion(qname, TYPE_A, CLASS_IN)
+    body = bytearray(hdr + build_message(DnsMessage(DnsHeader(0), (question,)))[12:])
+    long_off = len(body)
+    body += b"".join(b"\x01a" for _ in range(126)) + b"\x00" + struct.pack("!HHIH", TYPE_A, 1, 60, 4) + bytes(4)
+    for _ in range(n - 1):
+        body += struct.pack("!H", 0xC000 | long_off) + struct.pack("!HHIH", TYPE_A, 1, 60, 4) + bytes(4)
+    return bytes(body)
+
+
+def test_huge_replies_cost_little_and_are_capped() -> None:
+    h = Harness()
+    h.lookup("www.example.com")
+    q = h.one()
+    evil = _huge_reply(q.id, "www.example.com", 3800)
+    assert len(evil) > 60000
+    t0 = time.perf_counter()
+    for _ in range(20):
+        h.feed(q, _huge_reply((q.id + 1) & 0xFFFF, "www.example.com", 3800))  # wrong id
+    h.feed(q, evil)  # right id and question: decoded, 256 records at most
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"{elapsed:.2f}s"  # ~0.1 s; a full decode of each took ~0.5 s before
+    assert h.counter("drop.bad_id") == 20
+    assert h.counter("rx.records_capped") == 1 and h.counter("rx.over_512") == 1
+    # None of the records is for the name asked: NODATA, decided on the first 256 alone.
+    assert err_code(h.results["www.example.com"]) == EAI_NODATA
+
+
+def test_capped_answer_still_answers_and_over_512_accepted_like_glibc() -> None:
+    h = Harness()
+    h.lookup("many.example")
+    q = h.one()
+    h.reply(q, [A("many.example", f"10.{i // 256}.{i % 256}.1") for i in range(300)])
+    r = h.results["many.example"]
+    assert len(r.values) == Resolver.max_records and r.values[0] == "10.0.0.1"
+    assert h.counter("rx.records_capped") == 1 and h.counter("rx.over_512") == 1
+    h.lookup("few.example")
+    q = h.one()
+    h.reply(q, [A("few.example", "192.0.2.1")])
+    assert h.counter("rx.records_capped") == 1 and h.counter("rx.over_512") == 1
+
+
+@pytest.mark.parametrize("name", ["foo;bar.example", "a\\065.x", "q(u)o\"te@$.example", "a\\.b.example"])
+def test_names_with_special_characters_match_their_reply(name: str) -> None:
+    """The reply's question is decoded to escaped text (foo\\;bar); it is the same name."""
+    h = Harness()
+    h.lookup(name)
+    q = h.one()
+    h.reply(q, [A(q.q.name, "192.0.2.7")])  # the owner name as decoded from the query
+    r = h.results[name]
+    assert isinstance(r, DnsResult) and r.values == ["192.0.2.7"], r
+    assert h.counter("drop.bad_question") == 0
+
+
+def test_cname_chain_through_special_names_and_the_cache_uses_wire_keys() -> None:
+    h = Harness()
+    h.lookup("foo;bar.example")
+    q = h.one()
+    h.reply(q, [CNAME("FOO\\;bar.example", "x(y).example"), CNAME("x\\(Y\\).example", "z\\064w.example"),
+                A("z@W.example", "192.0.2.8")])
+    r = h.results["foo;bar.example"]
+    assert isinstance(r, DnsResult) and r.values == ["192.0.2.8"], r
+    assert r.canonical == "z\\@w.example"  # the last CNAME target, in glibc's presentation form
+    # Another text of the same name is the same cache entry.
+    h.lookup("Foo\\059bar.example", key="again")
+    assert h.results["again"].source == "cache" and h.sent() == []
+
+
+class ScriptedRandom(random.Random):
+    """``randint`` returns the scripted values first, then random ones."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__(5)
+        self.script = list(script)
+
+    def randint(self, a: int, b: int) -> int:
+        if self.script:
+            v = self.script.pop(0)
+            assert a <= v <= b
+            return v
+        return super().randint(a, b)
+
+
+class BusyPorts(PortAllocator):
+    """Ports in ``busy`` are held by someone else (the host kernel in shared mode)."""
+
+    def __init__(self, busy: set[int]) -> None:
+        super().__init__((49152, 65535), random.Random(3))
+        self.busy = busy
+
+    def claim(self, proto: int, port: int, explicit: bool) -> bool:
+        if port in self.busy:
+            if explicit:
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+            return False
+        return True
+
+
+def test_source_port_uniform_over_a_wide_range() -> None:
+    h = Harness()
+    for i in range(400):
+        h.lookup(f"p{i}.example")
+    ports = [q.sport for q in h.sent()]
+    assert len(ports) == 400 and all(1024 <= p <= 65535 for p in ports)
+    below = sum(p < 33280 for p in ports)  # half of 1024..65535
+    assert 150 < below < 250, below  # uniform; the kernel's 61000-65535 would give 0
+    assert len(set(ports)) > 380
+
+
+def test_source_port_in_use_is_redrawn_then_ephemeral() -> None:
+    h = Harness(rng=ScriptedRandom([2000, 3000, 4000]), ports=BusyPorts({2000, 3000}))
+    h.lookup("a.example")
+    assert h.one().sport == 4000 and h.counter("bind.in_use") == 2
+    # One of our own endpoints holds the drawn port: redrawn as well.
+    h2 = Harness(rng=ScriptedRandom([5353, 5354]))
+    mine = h2.stack.udp.open()
+    h2.stack.udp.bind(mine, bytes(4), 5353)
+    h2.lookup("b.example")
+    assert h2.one().sport == 5354 and h2.counter("bind.in_use") == 1
+    # Every draw taken: an ephemeral port from the allocator.
+    busy = set(range(1024, 49152))
+    h3 = Harness(rng=ScriptedRandom([1024 + i for i in range(Resolver.bind_tries)]), ports=BusyPorts(busy))
+    h3.lookup("c.example")
+    q = h3.one()
+    assert 49152 <= q.sport <= 65535
+    assert h3.counter("bind.in_use") == Resolver.bind_tries and h3.counter("bind.ephemeral") == 1
+    # source_ports = None: the allocator's ephemeral ports only.
+
+    class Ephemeral(Resolver):
+        source_ports = None
+
+    h4 = Harness(resolver_cls=Ephemeral)
+    for i in range(50):
+        h4.lookup(f"e{i}.example")
+    assert all(49152 <= s.sport <= 65535 for s in h4.sent())
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["shared", "own"])
+def test_lab_refusing_nameserver_fails_at_once_not_after_timeouts(make_lab: Callable[..., Any], mode: str) -> None:
+    """No DNS server in the server namespace: its kernel answers each query with ICMP port
+    unreachable, which reaches the connected query endpoint through the real stack."""
+    from usocket.runtime import Runtime
+
+    lab = make_lab(servers=False)
+    cfg = lab.stack_config(mode, nameservers=[lab.server_ip, lab.server_ip])
+    cfg.resolver.timeout, cfg.resolver.attempts = 5.0, 2
+    done = threading.Event()
+    out: list[Any] = []
+
+    def callback(r: Any) -> None:
+        out.append(r)
+        done.set()
+
+    with Runtime(cfg) as rt:
+        assert rt.stack is not None
+        t0 = time.monotonic()
+        rt.call(rt.stack.dns.resolve, "nowhere.example.", callback)
+        assert done.wait(8), "no answer"
+        elapsed = time.monotonic() - t0
+        dns = rt.stack.counters.snapshot()["dns"]
+    assert err_code(out[0]) == EAI_AGAIN
+    assert elapsed < 2.5, elapsed  # four tries; waiting them out would take 20 s
+    assert dns.get("rx.icmp_error.ECONNREFUSED") == 4 and dns.get("queries_sent") == 4, dns
+    assert not dns.get("timeout"), dns

@@ -214,3 +214,49 @@ def test_sigterm_and_sigint_remove_the_rules(lab, sig):
     p.send_signal(sig)
     p.wait(timeout=20)
     assert not any(f"pid={p.pid}" in r for r in usocket_rules(lab)), usocket_rules(lab)
+
+
+FIDELITY_PROBE = textwrap.dedent("""
+    import json, socket, sys
+    out = {}
+    for kind, arg in json.loads(sys.argv[1]):
+        try:
+            if kind == "ex":
+                out[kind + ":" + arg] = list(socket.gethostbyname_ex(arg))
+            elif kind == "addr":
+                out[kind + ":" + arg] = list(socket.gethostbyaddr(arg))
+            else:
+                out[kind + ":" + arg] = socket.gethostbyname(arg)
+        except OSError as e:
+            out[kind + ":" + arg] = [type(e).__name__, e.errno]
+    print(json.dumps(out))
+""")
+
+
+def test_name_lookups_answer_exactly_what_the_stdlib_answers(lab):
+    """The same questions to glibc (kernel path, before the block) and to the stack's resolver."""
+    import json
+
+    from usocket.resolver import Resolver
+
+    d = lab.DOMAIN
+    questions = [("ex", f"www.{d}"), ("ex", "server"), ("ex", "hostsonly"), ("ex", f"override.{d}"),
+                 ("ex", f"multi.{d}"), ("ex", lab.dns_nxdomain), ("name", ""), ("name", "server"),
+                 ("addr", lab.client_ip), ("addr", lab.server_ip), ("ex", lab.server_ip)]
+    want = json.loads(lab.run(lab.client_ns, [sys.executable, "-c", FIDELITY_PROBE, json.dumps(questions)]).stdout)
+    lab.block_kernel_egress()
+    with Runtime(lab.stack_config("shared")) as rt:
+        res = Resolver(rt)
+        got = {}
+        for kind, arg in questions:
+            fn = {"ex": res.gethostbyname_ex, "addr": res.gethostbyaddr, "name": res.gethostbyname}[kind]
+            try:
+                r = fn(arg)
+                got[kind + ":" + arg] = list(r) if isinstance(r, tuple) else r
+            except OSError as e:
+                got[kind + ":" + arg] = [type(e).__name__, e.errno]
+    for key in want:
+        w, g = want[key], got[key]
+        if key.startswith("ex:multi"):  # address order is the server's round robin
+            w, g = [w[0], w[1], sorted(w[2])], [g[0], g[1], sorted(g[2])]
+        assert g == w, f"{key}: stdlib {w!r}, usocket {g!r}"

@@ -508,6 +508,21 @@ def test_icmp_errors_reach_connected_endpoints_only(stack: FakeStack) -> None:
     assert c["drop.icmp_short"] == 1
 
 
+def test_frag_needed_reaches_connected_endpoint_as_emsgsize_unless_pmtudisc_dont(stack: FakeStack) -> None:
+    """Linux __udp4_lib_err: ICMP_FRAG_NEEDED is a hard EMSGSIZE when pmtudisc != DONT."""
+    udp = stack.udp
+    want, dont, probe = udp.open(), udp.open(), udp.open()
+    dont.df = False  # IP_PMTUDISC_DONT
+    probe.df = True  # IP_PMTUDISC_DO
+    for port, ep in ((53, want), (54, dont), (55, probe)):
+        udp.connect(ep, PEER, port)
+        _icmp(stack, ep.local_port, PEER, port, hard=False, code=4, errno_=errno.EMSGSIZE)
+    assert want.take_error() == errno.EMSGSIZE and probe.take_error() == errno.EMSGSIZE
+    assert dont.pending_error is None
+    c = stack.counters["udp"]
+    assert (c["icmp_error.delivered"], c["icmp_error.ignored"]) == (2, 1)
+
+
 def test_receive_path_is_fast(stack: FakeStack) -> None:
     udp = stack.udp
     ep = udp.open()

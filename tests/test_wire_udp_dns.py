@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from scapy.all import DNS, DNSQR, DNSRR, DNSRRSOA, IP, UDP, Raw  # type: ignore[attr-defined]
 
 from usocket.wire import MalformedError
+from usocket.wire import dns as wire_dns
 from usocket.wire.checksum import ones_sum, pseudo_header_sum
 from usocket.wire.dns import (
     CLASS_IN,
@@ -28,8 +30,11 @@ from usocket.wire.dns import (
     decode_name,
     encode_name,
     name_key,
+    parse_header,
     parse_message,
+    parse_question,
     reverse_name,
+    wire_key,
 )
 from usocket.wire.udp import MAX_UDP_PAYLOAD, build_udp, parse_udp
 
@@ -301,3 +306,125 @@ def test_mutated_response_never_crashes(edits: list[tuple[int, int]]) -> None:
 
 
 _SCAPY_COMPRESSED = bytes(_scapy_response().compress())
+
+
+# -- review fixes: comparison keys, bounded decoding ----------------------------------------------
+def test_wire_key_is_one_key_per_name() -> None:
+    """Texts of one name differ in escapes and case; the wire key does not."""
+    same = [("foo;bar.example", "foo\\;BAR.example."), ("a\\065.x", "AA.X"), ('q"(u)@$', 'Q\\"\\(U\\)\\@\\$'),
+            ("\\000a.b", "\\000A.b."), ("www.example.com", "WWW.Example.COM.")]
+    for a, b in same:
+        assert wire_key(a) == wire_key(b) == encode_name(a).lower(), (a, b)
+    assert wire_key("a\\.b") != wire_key("a.b")  # an escaped dot is part of the label
+    assert wire_key("\\193.x") != wire_key("\\225.x")  # only ASCII letters fold (RFC 4343)
+    # A decoded name's text gives the wire form back (it is what replies are compared with).
+    wire = b"\x07foo;bar\x02A(\x00"
+    text, _ = decode_name(b"\0" * 12 + wire, 12)
+    assert text == "foo\\;bar.A\\(" and wire_key(text) == wire.lower()
+    # Invalid names get keys no valid name has, and no exception.
+    for bad in ("a..b", "x" * 64, "bücher.example", "a\\999.b"):
+        k = wire_key(bad)
+        assert k[:1] == b"\xff" and k != wire_key("a.b")
+
+
+def test_parse_question_and_header_read_only_the_start() -> None:
+    raw = build_query(7, "Www.Example.com", TYPE_A) + b"\xc0"  # junk after the question
+    h, qd, an, ns, ar = parse_header(raw)
+    assert (h.id, qd, an, ns, ar) == (7, 1, 0, 0, 0)
+    q, end = parse_question(raw)
+    assert q == DnsQuestion("Www.Example.com", TYPE_A, CLASS_IN) and end == len(raw) - 1
+    with pytest.raises(MalformedError):
+        parse_question(raw[:-4])
+
+
+def test_max_records_caps_each_section_and_skips_what_follows() -> None:
+    q = DnsQuestion("a.example", TYPE_A)
+    answers = tuple(DnsRecord("a.example", TYPE_A, CLASS_IN, 5, f"10.0.0.{i}") for i in range(10))
+    soa = (DnsRecord("example", TYPE_SOA, CLASS_IN, 5, Soa("m.example", "r.example", 1, 2, 3, 4, 5)),)
+    raw = build_message(DnsMessage(DnsHeader(1, qr=True), (q,), answers, soa, answers[:2]))
+    assert parse_message(raw, 10) == parse_message(raw)
+    m = parse_message(raw, 4)
+    assert m.answers == answers[:4] and m.authority == () and m.additional == ()  # cut in the answers
+    m = parse_message(build_message(DnsMessage(DnsHeader(1, qr=True), (q,), answers[:3], soa, answers)), 3)
+    assert m.answers == answers[:3] and m.authority == soa and m.additional == answers[:3]
+    assert parse_message(raw, 0) == DnsMessage(DnsHeader(1, qr=True))
+
+
+def _pointer_flood(n: int, rdata_names: bool) -> bytes:
+    """``n`` records whose names (and CNAME rdata) all point at one 253-byte name."""
+    body = bytearray(struct.pack("!HHHHHH", 1, 0x8180, 0, n, 0, 0))
+    long_off = len(body)
+    body += b"".join(b"\x01a" for _ in range(126)) + b"\0" + struct.pack("!HHIH", TYPE_A, 1, 1, 4) + bytes(4)
+    ptr = struct.pack("!H", 0xC000 | long_off)
+    for _ in range(n - 1):
+        if rdata_names:
+            body += ptr + struct.pack("!HHIH", TYPE_CNAME, 1, 1, 2) + ptr
+        else:
+            body += ptr + struct.pack("!HHIH", TYPE_A, 1, 1, 4) + bytes(4)
+    return bytes(body)
+
+
+def test_pointer_flood_decodes_in_linear_time() -> None:
+    raw = _pointer_flood(4000, rdata_names=True)
+    assert len(raw) > 50000
+    t0 = time.perf_counter()
+    m = parse_message(raw)
+    elapsed = time.perf_counter() - t0
+    assert len(m.answers) == 4000 and m.answers[-1].data == m.answers[0].name
+    assert len(m.answers[0].name) == 251
+    assert elapsed < 0.3, f"{elapsed:.2f}s"  # ~0.03 s; ~1 s when each name is walked in full
+
+
+def _parse_without_memo(raw: bytes) -> DnsMessage | str:
+    saved = wire_dns.MEMO_SIZE
+    wire_dns.MEMO_SIZE = 0  # nothing is remembered: every name is walked in full
+    try:
+        return parse_message(raw)
+    except MalformedError as e:
+        return e.reason
+    finally:
+        wire_dns.MEMO_SIZE = saved
+
+
+def _parse_or_reason(raw: bytes) -> DnsMessage | str:
+    try:
+        return parse_message(raw)
+    except MalformedError as e:
+        return e.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.binary(min_size=1, max_size=40), max_size=4),
+                          st.one_of(st.none(), st.integers(0, 600)),
+                          st.sampled_from([TYPE_A, TYPE_CNAME, TYPE_SOA])), min_size=1, max_size=12))
+def test_memoised_decoding_equals_a_full_walk(records: list[tuple[list[bytes], int | None, int]]) -> None:
+    """Names built from labels and pointers to arbitrary earlier offsets (legal or not): the
+    memo never changes what is decoded or rejected, nor why."""
+    body = bytearray(struct.pack("!HHHHHH", 1, 0x8180, 0, len(records), 0, 0))
+    starts: list[int] = []  # where earlier names and their labels begin: the usual targets
+
+    def name(labels: list[bytes], ptr: int | None) -> bytes:
+        at = len(body)
+        out = b""
+        for lb in labels:
+            starts.append(at + len(out))
+            out += bytes([len(lb)]) + lb
+        if ptr is None:
+            return out + b"\0"
+        if ptr % 3 and starts:  # mostly a label start (often legal), else any offset
+            target = starts[ptr % len(starts)]
+        else:
+            target = ptr % max(1, at + len(out))
+        return out + struct.pack("!H", 0xC000 | target)
+
+    for labels, ptr, rtype in records:
+        body += name(labels, ptr)
+        if rtype == TYPE_A:
+            body += struct.pack("!HHIH", TYPE_A, 1, 1, 4) + bytes(4)
+        else:
+            rdata = name(labels[::-1], None if ptr is None else ptr // 2)
+            if rtype == TYPE_SOA:
+                rdata += name(labels[:1], ptr) + bytes(20)
+            body += struct.pack("!HHIH", rtype, 1, 1, len(rdata)) + rdata
+    raw = bytes(body)
+    assert _parse_or_reason(raw) == _parse_without_memo(raw)

@@ -46,6 +46,8 @@ class ResolverConfig:
     attempts: int = 2
     rotate: bool = False
     hosts: dict[str, list[str]] = field(default_factory=dict)  # name (lower) -> addresses
+    # The hosts file's IPv4 lines as written: (address, [canonical name, aliases...]).
+    host_lines: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -115,6 +117,16 @@ def parse_resolv_conf(text: str, environ: dict[str, str] | None = None) -> Resol
     if env.get("RES_OPTIONS"):
         _apply_options(rc, env["RES_OPTIONS"].split())
     return rc
+
+
+def parse_host_lines(text: str) -> list[tuple[str, list[str]]]:
+    """The IPv4 lines of a hosts file, names in their original case (first = canonical)."""
+    lines: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and ":" not in fields[0]:
+            lines.append((fields[0], fields[1:]))
+    return lines
 
 
 def parse_hosts(text: str) -> dict[str, list[str]]:
@@ -207,7 +219,9 @@ def discover(**overrides: object) -> StackConfig:
         cfg.mtu = int(str(overrides.get("mtu", env.get("USOCKET_MTU"))))
     resolv_conf = overrides.get("resolv_conf", env.get("USOCKET_RESOLV_CONF", "/etc/resolv.conf"))
     rc = parse_resolv_conf(_read(str(resolv_conf), netns), dict(env))
-    rc.hosts = parse_hosts(_read(str(overrides.get("hosts", env.get("USOCKET_HOSTS", "/etc/hosts"))), netns))
+    hosts_text = _read(str(overrides.get("hosts", env.get("USOCKET_HOSTS", "/etc/hosts"))), netns)
+    rc.hosts = parse_hosts(hosts_text)
+    rc.host_lines = parse_host_lines(hosts_text)
     ns = overrides.get("nameservers", env.get("USOCKET_NAMESERVERS"))
     if ns:
         rc.nameservers = list(ns) if isinstance(ns, (list, tuple)) else [n.strip() for n in str(ns).split(",")

@@ -13,7 +13,9 @@ Ephemeral ports come from *above* the kernel's ``net.ipv4.ip_local_port_range`` 
 the namespace): 61000-65535 with Debian's default 32768-60999, where the kernel never picks
 its own ephemeral ports. When that range is exhausted (or empty because the kernel's range
 ends at 65535) the allocator falls back to the kernel's range itself: the reservation socket
-keeps the kernel from handing those ports out while the stack has them.
+keeps the kernel from handing those ports out while the stack has them. (Those ~12 bits are too
+little entropy for DNS source ports: the stub resolver binds explicit random ports of 1024-65535
+instead, see ``Resolver.source_ports``, and the explicit claim reserves them the same way.)
 
 Cost: one file descriptor per reserved (protocol, port). The constructor raises the soft
 RLIMIT_NOFILE to the hard limit (``raise_nofile=False`` to skip). With a ``netns`` each

@@ -6,10 +6,17 @@ Layout, in the ``filter`` table of one network namespace::
     -A USOCKET -d LOCAL_IP/32 -p udp -m udp --dport LPORT [-s RIP/32 --sport RPORT]
                -m comment --comment "usocket:pid=<pid>:start=<starttime>"
                -j NFQUEUE --queue-num Q --queue-bypass
+    -A USOCKET -p udp -m addrtype --dst-type BROADCAST -m udp --dport LPORT
+               -m comment ... -j NFQUEUE ...           (a UDP port open to any remote)
 
-One rule per flow the stack owns (reference counted inside the process), tagged with the
-owning process: ``pid`` plus its start time from ``/proc/<pid>/stat`` (field 22), so a reused
-pid is not mistaken for the owner. ``--queue-bypass`` makes the rule fail open: if nobody
+One rule per flow the stack owns (reference counted inside the process), plus, for a UDP port
+open to any remote, one for datagrams to a broadcast address (255.255.255.255 or a subnet's
+directed broadcast: whatever the namespace's routing calls RTN_BROADCAST): the kernel has no
+socket for them (the port's reservation socket is bound to LOCAL_IP), so without the rule they
+would be lost, while in own mode the stack's wildcard-bound endpoints get them. A flow's rules
+are added and removed together, in one batch. Each rule is tagged with the owning process:
+``pid`` plus its start time from ``/proc/<pid>/stat`` (field 22), so a reused pid is not
+mistaken for the owner. ``--queue-bypass`` makes the rule fail open: if nobody
 listens on queue ``Q`` (the stack died) the kernel gets the packet as if the rule were absent.
 There is never a plain DROP rule.
 
@@ -131,6 +138,15 @@ def flow_match(proto: int, local_ip: str | bytes, local_port: int, remote: Remot
     rip, rport = remote
     return ["-s", f"{_ip_text(rip)}/32", "-d", f"{_ip_text(local_ip)}/32", "-p", name, "-m", name,
             "--sport", str(rport), "--dport", str(local_port)]
+
+
+def broadcast_match(proto: int, local_port: int) -> list[str]:
+    """iptables match arguments selecting datagrams to a broadcast address and ``local_port``."""
+    if proto != 17:
+        raise ValueError(f"only UDP has broadcasts, not protocol {proto}")
+    if not 0 < local_port < 65536:
+        raise ValueError(f"bad local port {local_port}")
+    return ["-p", "udp", "-m", "addrtype", "--dst-type", "BROADCAST", "-m", "udp", "--dport", str(local_port)]
 
 
 def nfqueue_target(queue_num: int, tag: str) -> list[str]:
@@ -265,9 +281,10 @@ class BackgroundDeleter:
         self._busy = False
         self._stopping = False
 
-    def submit(self, line: str) -> None:
+    def submit(self, *lines: str) -> None:
+        """Queue ``lines`` (``-D ...``) for deletion; they go in one batch."""
         with self._cond:
-            self.pending.append(line)
+            self.pending.extend(lines)
             if self._thread is None:
                 self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="usocket-rule-deleter", daemon=True)
@@ -321,13 +338,16 @@ class FlowRules:
     """The NFQUEUE rules of one owner (process + queue) in one namespace, reference counted.
 
     ``add`` and ``remove`` are what :class:`usocket.divert.nfqueue.Diverter` calls from
-    ``flow_opened``/``flow_closed``. Identical flows share one rule; it goes when the last
+    ``flow_opened``/``flow_closed``. Identical flows share their rules; they go when the last
     user goes (in the background unless ``defer_removal`` is False; :meth:`flush` waits).
+    ``divert_broadcast`` (default True) adds the broadcast rule to UDP ports open to any remote;
+    it turns itself off (``broadcast_error`` says why) if iptables refuses that rule alone.
     ``remove_all`` deletes whatever rule carries this owner's tag and queue, including any
     this object lost track of. Not thread-safe: one caller thread (the Diverter's lock).
     """
 
     iptables_class = Iptables
+    divert_broadcast = True
 
     def __init__(self, local_ip: str | bytes, queue_num: int, netns: str | None = None,
                  tag: str | None = None, iptables: Iptables | None = None,
@@ -337,6 +357,8 @@ class FlowRules:
         self.tag = tag if tag is not None else owner_tag()
         self.ipt = iptables if iptables is not None else self.iptables_class(netns)
         self.refs: dict[tuple[int, int, Remote], int] = {}
+        self.lines: dict[tuple[int, int, Remote], list[str]] = {}  # the -A lines of each flow
+        self.broadcast_error: IptablesError | None = None
         self.deleter = BackgroundDeleter(self.ipt) if defer_removal else None
 
     def rule_args(self, proto: int, local_port: int, remote: Remote) -> list[str]:
@@ -344,8 +366,20 @@ class FlowRules:
         return flow_match(proto, self.local_ip, local_port, remote) + nfqueue_target(self.queue_num,
                                                                                      self.tag)
 
-    def _line(self, op: str, proto: int, local_port: int, remote: Remote) -> str:
-        return " ".join([op, self.ipt.chain] + self.rule_args(proto, local_port, remote))
+    def broadcast_rule_args(self, proto: int, local_port: int) -> list[str]:
+        """The rule for a port's broadcast datagrams (override to change matching)."""
+        return broadcast_match(proto, local_port) + nfqueue_target(self.queue_num, self.tag)
+
+    def flow_rules(self, proto: int, local_port: int, remote: Remote) -> list[list[str]]:
+        """Every rule one flow needs: its own, plus the broadcast one for a UDP port open to
+        any remote (when :attr:`divert_broadcast`)."""
+        rules = [self.rule_args(proto, local_port, remote)]
+        if proto == 17 and remote is None and self.divert_broadcast:
+            rules.append(self.broadcast_rule_args(proto, local_port))
+        return rules
+
+    def _lines(self, proto: int, local_port: int, remote: Remote) -> list[str]:
+        return [" ".join(["-A", self.ipt.chain] + args) for args in self.flow_rules(proto, local_port, remote)]
 
     def start(self) -> None:
         with self.ipt.lock():
@@ -357,14 +391,24 @@ class FlowRules:
         if key in self.refs:
             self.refs[key] += 1
             return
-        line = self._line("-A", proto, local_port, remote)
+        lines = self._lines(proto, local_port, remote)
         with self.ipt.lock():
             try:
-                self.ipt.restore([line])
+                self.ipt.restore(lines)
             except IptablesError:
                 self.ipt.ensure_chain()  # someone removed the (then empty) chain
-                self.ipt.restore([line])
+                try:
+                    self.ipt.restore(lines)
+                except IptablesError as exc:
+                    if len(lines) < 2:
+                        raise
+                    # A kernel without the addrtype match: divert the flows, not broadcasts.
+                    self.ipt.restore(lines[:1])
+                    self.divert_broadcast = False
+                    self.broadcast_error = exc
+                    lines = lines[:1]
         self.refs[key] = 1
+        self.lines[key] = lines
 
     def remove(self, proto: int, local_port: int, remote: Remote) -> bool:
         """Drop one reference; delete the rule with the last. False if the rule was gone."""
@@ -376,16 +420,12 @@ class FlowRules:
         if n == 0:
             return False
         del self.refs[key]
-        line = self._line("-D", proto, local_port, remote)
+        rules = [ListedRule(line, self.tag, self.queue_num) for line in self.lines.pop(key)]
         if self.deleter is not None:
-            self.deleter.submit(line)
+            self.deleter.submit(*(r.delete_line() for r in rules))
             return True
-        with self.ipt.lock():
-            try:
-                self.ipt.restore([line])
-            except IptablesError:
-                return False  # already removed (e.g. by `usocket cleanup --all`)
-        return True
+        with self.ipt.lock():  # False if some were already gone (e.g. `usocket cleanup --all`)
+            return self.ipt.delete(rules) == len(rules)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait for background deletions; True when none is pending."""

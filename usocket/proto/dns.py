@@ -13,7 +13,8 @@ the name exists, no record of the type (NODATA)  ``EAI_NODATA`` (NO_DATA) - glib
                                                 returns ``-EAI_NODATA`` here ("No address
                                                 associated with hostname"; sysdeps
                                                 getaddrinfo.c, "the name is known, though")
-no reply in time; SERVFAIL, REFUSED, NOTIMP     ``EAI_AGAIN`` (TRY_AGAIN), as glibc's res_send
+no reply in time, an ICMP error (port            ``EAI_AGAIN`` (TRY_AGAIN), as glibc's res_send
+unreachable), SERVFAIL, REFUSED or NOTIMP
 from every server; no nameserver
 FORMERR, other rcodes, CNAME chain too long      ``EAI_NONAME`` (NO_RECOVERY: glibc's getaddrinfo
                                                 folds it into EAI_NONAME); see
@@ -27,12 +28,25 @@ lets the search go on; a timeout or a hard failure stops the search list (the as
 still happens). When everything fails the error is the first as-is try's, else NO_DATA if any
 candidate had one, else TRY_AGAIN if any SERVFAIL, else the last one's.
 
-Each question is one :class:`DnsQuery`: a random 16-bit id, a fresh ephemeral UDP endpoint
-(random source port) closed afterwards, the nameservers in order (``rotate`` starts each
-query one server further), ``attempts`` rounds of ``timeout`` seconds per try. Replies must
-come from a server the query was sent to, from port 53, with the id, the question (case-
-insensitive) and the QR bit: anything else is counted and ignored while the query keeps
-waiting. SERVFAIL/NOTIMP/REFUSED move on to the next server at once (glibc ``res_send``).
+Each question is one :class:`DnsQuery`: a random 16-bit id, a fresh UDP endpoint closed
+afterwards, the nameservers in order (``rotate`` starts each query one server further),
+``attempts`` rounds of ``timeout`` seconds per try. The endpoint's source port is drawn
+uniformly from :attr:`Resolver.source_ports` (1024-65535, RFC 5452: as much entropy as
+possible; a port in use is retried ``bind_tries`` times, then an ephemeral port is taken).
+
+Like glibc's ``send_dg`` the endpoint is *connected* to the server being asked (and
+re-connected for the next one), so an ICMP port unreachable from a dead server reaches it:
+the query moves on to the next try at once instead of waiting out the timeout. The price, as
+in glibc: a late reply from a server already given up on no longer arrives. Replies must come
+from a server the query was sent to, from port 53; their header is checked before anything
+else is decoded (the QR bit, opcode 0, the id, exactly one question), then the question (type,
+class, and the name compared as lower-cased wire form: ``foo;bar`` and ``foo\\;bar`` are one
+name); anything else is counted and ignored while the query keeps waiting. Only then is the
+message decoded, at most :attr:`Resolver.max_records` records per section. A reply over 512
+bytes, which RFC 1035 does not expect without EDNS0, is accepted (counted ``rx.over_512``) as
+glibc accepts it (its ``send_dg`` grows the buffer to 64 KiB): servers and middleboxes that
+send one do exist, and the checks above bound what it costs. SERVFAIL/NOTIMP/REFUSED move on
+to the next server at once (glibc ``res_send``).
 
 CNAME chains are followed inside the answer, then by asking the chain's last name again
 (``max_cname_depth`` names at most). Answers are cached (LRU, TTL = the minimum along the
@@ -44,6 +58,7 @@ Callbacks run inside the stack thread; for numeric, hosts and cached answers the
 """
 from __future__ import annotations
 
+import errno as _errno
 import socket as _socket
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -51,9 +66,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..config import ResolverConfig
 from ..wire import MalformedError
-from ..wire.addr import ip_aton
+from ..wire.addr import ANY_IP, ip_aton
 from ..wire.dns import (
     CLASS_IN,
+    MAX_UDP_MESSAGE,
     NOTIMP,
     NXDOMAIN,
     REFUSED,
@@ -66,9 +82,11 @@ from ..wire.dns import (
     Soa,
     build_query,
     encode_name,
-    name_key,
+    parse_header,
     parse_message,
+    parse_question,
     reverse_name,
+    wire_key,
 )
 from .udp import UdpEndpoint, UdpLayer
 
@@ -108,13 +126,16 @@ H_STRERROR = {
 class DnsResult(NamedTuple):
     """A successful lookup. ``values`` are dotted-quad strings for A, names for PTR, decoded
     rdata for other types. ``canonical`` is the last name of the CNAME chain (the name
-    itself for numeric and hosts answers). ``ttl`` is in seconds (0: not from DNS)."""
+    itself for numeric answers, the first name of the hosts line). ``aliases`` are the other
+    names, as ``gethostbyname_ex`` reports them: the owner names along the CNAME chain, or the
+    other names of the hosts lines. ``ttl`` is in seconds (0: not from DNS)."""
 
     name: str
     canonical: str
     values: list[Any]
     ttl: int
     source: str  # "numeric", "hosts", "cache" or "dns"
+    aliases: tuple[str, ...] = ()
 
     @property
     def addresses(self) -> list[Any]:
@@ -188,21 +209,22 @@ class CacheEntry(NamedTuple):
     canonical: str
     values: list[Any]
     expires: float
+    aliases: tuple[str, ...] = ()
 
 
 class DnsCache:
-    """Answers by ``(name_key, qtype)``, each LRU-bounded; negative entries kept apart so a
+    """Answers by ``(wire_key, qtype)``, each LRU-bounded; negative entries kept apart so a
     flood of NXDOMAINs cannot evict the positive ones. NXDOMAIN is stored with qtype 0: it
     holds for every type of the name (RFC 2308 section 5)."""
 
     def __init__(self, size: int = 1024, negative_size: int = 256) -> None:
         self.size = size
         self.negative_size = negative_size
-        self.positive: OrderedDict[tuple[str, int], CacheEntry] = OrderedDict()
-        self.negative: OrderedDict[tuple[str, int], CacheEntry] = OrderedDict()
+        self.positive: OrderedDict[tuple[bytes, int], CacheEntry] = OrderedDict()
+        self.negative: OrderedDict[tuple[bytes, int], CacheEntry] = OrderedDict()
 
     def get(self, name: str, qtype: int, now: float) -> CacheEntry | None:
-        key = (name_key(name), qtype)
+        key = (wire_key(name), qtype)
         for table, k in ((self.positive, key), (self.negative, key), (self.negative, (key[0], 0))):
             entry = table.get(k)
             if entry is None:
@@ -219,7 +241,7 @@ class DnsCache:
             table, limit = self.positive, self.size
         else:
             table, limit = self.negative, self.negative_size
-        key = (name_key(name), 0 if entry.status == HOST_NOT_FOUND else qtype)
+        key = (wire_key(name), 0 if entry.status == HOST_NOT_FOUND else qtype)
         table[key] = entry
         table.move_to_end(key)
         while len(table) > limit:
@@ -244,10 +266,11 @@ class Outcome(NamedTuple):
     follow: str | None = None  # CNAME target to ask next (the chain was cut short)
     servfail: bool = False
     negative_ttl: int | None = None  # cacheable negative answer (an SOA was present)
+    aliases: tuple[str, ...] = ()  # CNAME owner names walked to reach ``canonical``
 
 
-class _QueryEndpoint(UdpEndpoint):
-    """The ephemeral UDP endpoint of one query: hands datagrams to it, no queueing."""
+class QueryEndpoint(UdpEndpoint):
+    """The UDP endpoint of one query: hands datagrams and ICMP errors to it, no queueing."""
 
     def __init__(self, layer: UdpLayer, query: DnsQuery) -> None:
         super().__init__(layer)
@@ -257,13 +280,14 @@ class _QueryEndpoint(UdpEndpoint):
         self.query.on_datagram(data, src_ip, src_port)
 
     def on_error(self, err: IcmpError) -> None:
-        pass
+        self.query.on_error(err)
 
 
 class DnsQuery:
     """One question sent to the nameservers until a usable reply or the tries run out;
     then ``on_done(query, message_or_None)``. ``bad_rcode`` holds the last SERVFAIL/NOTIMP/
-    REFUSED seen (which make the query move on to the next server at once)."""
+    REFUSED seen and ``icmp_errno`` the last ICMP error (ECONNREFUSED...): both make the query
+    move on to the next try at once."""
 
     def __init__(self, resolver: Resolver, qname: str, qtype: int,
                  on_done: Callable[[DnsQuery, DnsMessage | None], None]) -> None:
@@ -271,7 +295,7 @@ class DnsQuery:
         self.stack = resolver.stack
         self.qname = qname
         self.qtype = qtype
-        self.key = name_key(qname)
+        self.key = wire_key(qname)
         self.on_done = on_done
         self.qid = self.stack.rng.randrange(0x10000)
         self.wire = build_query(self.qid, qname, qtype)
@@ -281,6 +305,7 @@ class DnsQuery:
         self.endpoint: UdpEndpoint | None = None
         self.timer: Timer | None = None
         self.bad_rcode: int | None = None
+        self.icmp_errno: int | None = None
         self.deferred = False
         self.done = False
 
@@ -288,10 +313,8 @@ class DnsQuery:
         if not self.tries:
             self.finish(None)
             return
-        udp = self.stack.udp
         try:
-            self.endpoint = udp.open(_QueryEndpoint, self)
-            udp.autobind(self.endpoint)
+            self.endpoint = self.resolver.open_endpoint(self)
         except OSError:
             self.resolver.c["drop.no_port"] += 1
             self.finish(None)
@@ -301,12 +324,14 @@ class DnsQuery:
     def send_next(self) -> None:
         """Send to the next server of the plan and arm its timeout; finish when none is left."""
         c = self.resolver.c
+        udp = self.stack.udp
         while self.index < len(self.tries) and not self.done:
             server, timeout = self.tries[self.index]
             self.index += 1
             try:
                 assert self.endpoint is not None
-                self.stack.udp.sendto(self.endpoint, self.wire, server, DNS_PORT)
+                udp.connect(self.endpoint, server, DNS_PORT)
+                udp.send(self.endpoint, self.wire)
             except OSError:
                 c["tx.error"] += 1
                 continue
@@ -317,12 +342,27 @@ class DnsQuery:
             self.timer = self.stack.call_later(timeout, self._timed_out)
             return
         if not self.done:
-            if self.bad_rcode is None:
+            if self.bad_rcode is None and self.icmp_errno is None:
                 c["timeout"] += 1
             self.finish(None)
 
     def _timed_out(self) -> None:
         self.timer = None
+        self.send_next()
+
+    def on_error(self, err: IcmpError) -> None:
+        """An ICMP error about our datagram to the server being asked (the endpoint is
+        connected to it): glibc's ``send_dg`` gives up on that server at once (POLLERR, or
+        ECONNREFUSED from ``recvfrom``), so do we."""
+        if self.done or self.deferred:
+            return
+        c = self.resolver.c
+        c["rx.icmp_error"] += 1
+        c["rx.icmp_error." + _errno.errorcode.get(err.errno, str(err.errno))] += 1
+        self.icmp_errno = err.errno
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.send_next()
 
     def on_datagram(self, data: bytes, src_ip: bytes, src_port: int) -> None:
@@ -395,6 +435,7 @@ class Lookup:
         # CNAME chain of the current step
         self.chain_ttl: int | None = None
         self.depth = 0
+        self.aliases: tuple[str, ...] = ()
         self.source = "dns"
 
     # -- driving ----------------------------------------------------------------------------
@@ -409,6 +450,7 @@ class Lookup:
                 continue
             self.chain_ttl = None
             self.depth = 0
+            self.aliases = ()
             self.ask(qname)
             return
 
@@ -421,7 +463,7 @@ class Lookup:
             ttl = max(0, int(entry.expires - r.stack.now))
             if self.source == "dns" and self.depth == 0:
                 self.source = "cache"
-            self.step_done(Outcome(entry.status, entry.canonical, entry.values, ttl))
+            self.step_done(Outcome(entry.status, entry.canonical, entry.values, ttl, aliases=entry.aliases))
             return
         r.c["cache.miss"] += 1
         self.source = "dns"
@@ -440,6 +482,7 @@ class Lookup:
     def step_done(self, outcome: Outcome) -> None:
         """Combine ``outcome`` with the chain so far, then succeed or apply the search rules."""
         if outcome.status == 0 or outcome.follow is not None:
+            self.aliases += outcome.aliases
             self.chain_ttl = outcome.ttl if self.chain_ttl is None else min(self.chain_ttl, outcome.ttl)
         follow = outcome.follow
         if follow is not None:
@@ -454,8 +497,10 @@ class Lookup:
             ttl = outcome.ttl if self.chain_ttl is None else self.chain_ttl
             if self.depth:  # the step's own name resolves through the whole chain
                 qname = self.plan[self.step][0]
-                self.resolver.remember(qname, self.qtype, Outcome(0, outcome.canonical, outcome.values, ttl))
-            self.succeed(DnsResult(self.name, outcome.canonical, list(outcome.values), ttl, self.source))
+                self.resolver.remember(qname, self.qtype, Outcome(0, outcome.canonical, outcome.values, ttl,
+                                                                  aliases=self.aliases))
+            self.succeed(DnsResult(self.name, outcome.canonical, list(outcome.values), ttl, self.source,
+                                   self.aliases))
             return
         status = outcome.status
         self.last_status = status
@@ -517,6 +562,16 @@ class Resolver:
     EAI_FOR_HERRNO = {HOST_NOT_FOUND: EAI_NONAME, NO_DATA: EAI_NODATA, TRY_AGAIN: EAI_AGAIN,
                       NO_RECOVERY: EAI_NONAME}
     max_cname_depth = 8
+    # Records decoded per section of a reply: a 64 KiB reply could hold ~6000 (see validate_reply).
+    max_records = 256
+    # Source ports are drawn uniformly from this range (None: the stack's ephemeral allocator);
+    # a port in use (EADDRINUSE: one of ours, or the host kernel's in shared mode) is redrawn
+    # up to ``bind_tries`` times before falling back to an ephemeral port. The range is wide
+    # for entropy (RFC 5452 section 10); the cost is that a program binding a fixed port of
+    # this stack while a query holds it gets EADDRINUSE for that moment.
+    source_ports: tuple[int, int] | None = (1024, 65535)
+    bind_tries = 8
+    query_endpoint_class = QueryEndpoint
     max_ttl = 86400  # positive answers are not kept longer than a day
     max_negative_ttl = 3600  # RFC 2308 section 5: one to three hours at most
     cache_size = 1024
@@ -547,7 +602,8 @@ class Resolver:
             addrs = self.hosts_lookup(name)
             if addrs:
                 self.c["hosts"] += 1
-                lookup.succeed(DnsResult(name, name, addrs, 0, "hosts"))
+                canonical, aliases = self.hosts_names(name)
+                lookup.succeed(DnsResult(name, canonical, addrs, 0, "hosts", aliases))
                 return lookup
         plan = self.search_plan(name)
         if not plan:
@@ -590,7 +646,27 @@ class Resolver:
         """Addresses of ``name`` in the hosts table (exact name, case-insensitive)."""
         return list(self.config.hosts.get(name.lower(), ()))
 
+    def hosts_names(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """Canonical name and aliases of ``name`` from the hosts lines, as glibc's files backend
+        (with Debian's ``multi on``) reports them: the first matching line's first name is
+        canonical, every other name of the matching lines an alias."""
+        key = name.lower()
+        canonical: str | None = None
+        aliases: list[str] = []
+        for _, names in self.config.host_lines:
+            if key not in (n.lower() for n in names):
+                continue
+            if canonical is None:
+                canonical = names[0]
+            for n in names:
+                if n != canonical and n not in aliases:
+                    aliases.append(n)
+        return (canonical or name), tuple(aliases)
+
     def hosts_reverse(self, ip_text: str) -> list[str]:
+        lines = [names for addr, names in self.config.host_lines if addr == ip_text]
+        if lines:
+            return [n for names in lines for n in names]
         return [name for name, addrs in self.config.hosts.items() if ip_text in addrs]
 
     def search_plan(self, name: str) -> list[tuple[str, str]]:
@@ -660,33 +736,70 @@ class Resolver:
         off to ``timeout << round / len(servers)``; override this to do the same)."""
         return float(self.config.timeout)
 
+    def open_endpoint(self, query: DnsQuery) -> UdpEndpoint:
+        """A bound UDP endpoint for ``query`` (see :attr:`source_ports`); raises OSError."""
+        udp = self.stack.udp
+        ep = udp.open(self.query_endpoint_class, query)
+        try:
+            self.bind_source_port(ep)
+        except BaseException:
+            udp.close(ep)
+            raise
+        return ep
+
+    def bind_source_port(self, ep: UdpEndpoint) -> None:
+        """Bind ``ep`` to a random port of :attr:`source_ports`, else to an ephemeral one."""
+        udp = self.stack.udp
+        if self.source_ports is not None:
+            lo, hi = self.source_ports
+            for _ in range(self.bind_tries):
+                try:
+                    udp.bind(ep, ANY_IP, self.stack.rng.randint(lo, hi))
+                    return
+                except OSError as exc:
+                    if exc.errno != _errno.EADDRINUSE:
+                        raise
+                    self.c["bind.in_use"] += 1
+            self.c["bind.ephemeral"] += 1
+        udp.autobind(ep)
+
     def validate_reply(self, query: DnsQuery, data: bytes, src_ip: bytes, src_port: int) -> DnsMessage | None:
-        """The parsed reply if it answers ``query``; else None (counted, the query waits on)."""
+        """The parsed reply if it answers ``query``; else None (counted, the query waits on).
+
+        Cheap checks come first, so a reply that is not for us costs almost nothing whatever
+        its size: the source, then the header alone, then the one question; only a reply that
+        passes them is decoded, at most :attr:`max_records` records per section (counted
+        ``rx.records_capped`` when that leaves records out).
+        """
         c = self.c
         c["rx"] += 1
         if src_port != DNS_PORT or src_ip not in query.sent_to:
             c["drop.bad_source"] += 1
             return None
         try:
-            msg = parse_message(data)
+            h, qd, an, ns, ar = parse_header(data)
+            if not h.qr or h.opcode != 0:
+                c["drop.not_response"] += 1
+                return None
+            if h.id != query.qid:
+                c["drop.bad_id"] += 1
+                return None
+            if qd != 1:
+                c["drop.bad_question"] += 1
+                return None
+            q, _ = parse_question(data)
+            if q.qtype != query.qtype or q.qclass != CLASS_IN or wire_key(q.name) != query.key:
+                c["drop.bad_question"] += 1
+                return None
+            msg = parse_message(data, self.max_records)
         except MalformedError as e:
             c["drop.malformed"] += 1
             c["drop.malformed." + e.reason] += 1
             return None
-        h = msg.header
-        if not h.qr or h.opcode != 0:
-            c["drop.not_response"] += 1
-            return None
-        if h.id != query.qid:
-            c["drop.bad_id"] += 1
-            return None
-        if len(msg.questions) != 1:
-            c["drop.bad_question"] += 1
-            return None
-        q = msg.questions[0]
-        if name_key(q.name) != query.key or q.qtype != query.qtype or q.qclass != CLASS_IN:
-            c["drop.bad_question"] += 1
-            return None
+        if len(data) > MAX_UDP_MESSAGE:
+            c["rx.over_512"] += 1
+        if (len(msg.answers), len(msg.authority), len(msg.additional)) != (an, ns, ar):
+            c["rx.records_capped"] += 1
         return msg
 
     def on_truncated(self, query: DnsQuery, msg: DnsMessage) -> object:
@@ -721,33 +834,35 @@ class Resolver:
                 return Outcome(TRY_AGAIN, servfail=True)
             return Outcome(NO_RECOVERY)
         # Walk the chain from the question's name through the answer section.
+        answers = [(wire_key(rr.name), rr) for rr in msg.answers if rr.rclass == CLASS_IN]
         cur = query.key
         ttl: int | None = None
         canonical = query.qname
+        aliases: list[str] = []
         seen = {cur}
         while True:
-            rrset = [rr for rr in msg.answers
-                     if rr.type == query.qtype and rr.rclass == CLASS_IN and name_key(rr.name) == cur]
+            rrset = [rr for key, rr in answers if rr.type == query.qtype and key == cur]
             if rrset:
                 rr_ttl = min(self._ttl(rr.ttl) for rr in rrset)
                 ttl = rr_ttl if ttl is None else min(ttl, rr_ttl)
-                return Outcome(0, canonical, [rr.data for rr in rrset], ttl)
+                return Outcome(0, canonical, [rr.data for rr in rrset], ttl, aliases=tuple(aliases))
             if query.qtype == TYPE_CNAME:
                 break
-            cname = next((rr for rr in msg.answers if rr.type == TYPE_CNAME and rr.rclass == CLASS_IN
-                          and name_key(rr.name) == cur and isinstance(rr.data, str)), None)
+            cname = next((rr for key, rr in answers
+                          if rr.type == TYPE_CNAME and key == cur and isinstance(rr.data, str)), None)
             if cname is None:
                 break
-            target = name_key(cname.data)  # type: ignore[arg-type]
+            target = wire_key(str(cname.data))
             ttl = self._ttl(cname.ttl) if ttl is None else min(ttl, self._ttl(cname.ttl))
             if target in seen or len(seen) > self.max_cname_depth:
                 self.c["drop.cname_loop"] += 1
                 return Outcome(NO_RECOVERY)
             seen.add(target)
+            aliases.append(canonical)
             cur, canonical = target, str(cname.data)
         neg = self._negative_ttl(msg)
         if cur != query.key and neg is None:
-            return Outcome(0, canonical, [], ttl or 0, follow=canonical)
+            return Outcome(0, canonical, [], ttl or 0, follow=canonical, aliases=tuple(aliases))
         return Outcome(NO_DATA, negative_ttl=neg if cur == query.key else None)
 
     def remember(self, qname: str, qtype: int, outcome: Outcome) -> None:
@@ -756,7 +871,7 @@ class Resolver:
         if outcome.status == 0 and outcome.follow is None:
             ttl = min(outcome.ttl, self.max_ttl)
             if ttl > 0:
-                entry = CacheEntry(0, outcome.canonical, list(outcome.values), now + ttl)
+                entry = CacheEntry(0, outcome.canonical, list(outcome.values), now + ttl, outcome.aliases)
                 self.cache.put(qname, qtype, entry)
         elif outcome.status in (HOST_NOT_FOUND, NO_DATA) and outcome.negative_ttl:
             self.cache.put(qname, qtype, CacheEntry(outcome.status, "", [], now + outcome.negative_ttl))

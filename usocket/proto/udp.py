@@ -21,7 +21,8 @@ Rules, as Linux applies them to IPv4 UDP sockets:
   recently bound endpoint, or are spread by flow hash within a ``reuse_port`` group.
   Broadcast and multicast datagrams go to every matching endpoint.
 - ICMP errors reach only *connected* endpoints whose 4-tuple matches the quoted datagram, and
-  only hard errors (port unreachable, ...): Linux without IP_RECVERR ignores the rest.
+  only hard errors (port unreachable, ...): Linux without IP_RECVERR ignores the rest. A
+  "fragmentation needed" counts as hard (``EMSGSIZE``) unless the endpoint set ``df=False``.
 - In own mode a datagram for a port nobody holds is answered with ICMP port unreachable
   (never for broadcast or multicast); in shared mode the host kernel owns that reply.
 
@@ -423,8 +424,12 @@ class UdpLayer:
 
     def error_applies(self, ep: UdpEndpoint, error: IcmpError) -> bool:
         """Whether a matching connected endpoint hears about ``error``. Linux without
-        IP_RECVERR reports only hard errors (port/protocol unreachable, needed fragmentation
-        when PMTU discovery is on); soft ones (net/host unreachable, TTL exceeded) are dropped."""
+        IP_RECVERR reports only hard errors (port/protocol unreachable, ...); soft ones (net/host
+        unreachable, TTL exceeded) are dropped. "Fragmentation needed" is soft for the ICMP
+        layer (a PMTU signal) but ``__udp4_lib_err`` reports it as a hard ``EMSGSIZE`` unless
+        PMTU discovery is off (IP_PMTUDISC_DONT, here ``ep.df is False``)."""
+        if error.type == 3 and error.code == 4:
+            return ep.df is not False
         return error.hard
 
     # -- diversion ------------------------------------------------------------------------

@@ -3,15 +3,19 @@
 Names are text in presentation form without the trailing dot (the root is ``""``). Label
 bytes that are not plain printable ASCII, and the characters ``.`` and ``\\``, are escaped
 as ``\\DDD`` / ``\\.`` exactly like glibc's ``ns_name_ntop``; :func:`encode_name` accepts
-the same escapes, so names round-trip. Comparisons should use :func:`name_key`
-(ASCII case-insensitive, RFC 4343).
+the same escapes, so names round-trip. Compare names with :func:`wire_key` (the uncompressed
+wire form, ASCII lower-cased: RFC 4343): two texts of one name can differ (``foo;bar`` and
+``foo\\;bar``, ``A`` and ``\\065``) and only the wire form tells. :func:`name_key` only folds
+case and a trailing dot of the text.
 
 Parsing is strict, since the input comes from the network: every offset is bounds-checked,
 compression pointers must point backwards (which makes loops impossible) into the message
 body and are also capped in number, labels are at most 63 bytes and names 255 bytes on the
 wire. Errors raise :class:`MalformedError` with one of the reasons ``too_short``,
 ``truncated``, ``bad_pointer``, ``too_many_pointers``, ``bad_label_type``,
-``label_too_long``, ``name_too_long``, ``empty_label``, ``bad_rdata``.
+``label_too_long``, ``name_too_long``, ``empty_label``, ``bad_rdata``. The cost of a message
+can be bounded before it is paid: :func:`parse_header` and :func:`parse_question` read only
+the start, and ``parse_message(buf, max_records=N)`` decodes at most N records per section.
 
 RDATA is decoded for A (dotted-quad text), CNAME/PTR/NS (a name), SOA (:class:`Soa`); any
 other type keeps its raw ``bytes``.
@@ -108,7 +112,8 @@ class DnsMessage(NamedTuple):
 
 
 def name_key(name: str) -> str:
-    """The comparison key of a name: ASCII lower case, no trailing dot."""
+    """A text key of a name: ASCII lower case, no trailing dot. It does not undo escapes
+    (``a\\065`` and ``aA`` differ): to compare names use :func:`wire_key`."""
     if name.endswith("."):
         stem = name[:-1]
         if (len(stem) - len(stem.rstrip("\\"))) % 2 == 0:  # the dot is not escaped
@@ -119,8 +124,26 @@ def name_key(name: str) -> str:
 _LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
+def wire_key(name: str) -> bytes:
+    """The comparison key of a name: its uncompressed wire form, ASCII lower-cased.
+
+    Equal for every text of one name, whatever its escapes and case, with or without the
+    trailing dot. Never raises: text that is no valid name gets a key no valid name has
+    (it starts with 0xFF, never a length byte), so it simply matches nothing else.
+    """
+    try:
+        return encode_name(name).lower()  # length bytes are <= 63: lower() leaves them alone
+    except ValueError:  # MalformedError included
+        return b"\xff" + name.encode("utf-8", "surrogatepass").lower()
+
+
 # -- names -------------------------------------------------------------------------------------
+_PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in _SPECIAL)
+
+
 def _label_text(label: bytes) -> str:
+    if not label.translate(None, _PLAIN):  # the usual case: nothing to escape
+        return label.decode("ascii")
     out = []
     for b in label:
         if b in _SPECIAL:
@@ -189,13 +212,24 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
-def decode_name(buf: bytes | memoryview, offset: int, end: int | None = None) -> tuple[str, int]:
+# A suffix decoded once, by the offset a pointer landed on: (text, wire bytes without the root
+# byte, pointers followed, first offset past every byte read). See :func:`decode_name`.
+Memo = dict[int, tuple[str, int, int, int]]
+MEMO_SIZE = 1024  # suffixes remembered per message: a bounded cache, not a second copy of it
+
+
+def decode_name(buf: bytes | memoryview, offset: int, end: int | None = None,
+                memo: Memo | None = None) -> tuple[str, int]:
     """Read a possibly compressed name at ``offset``; return ``(name, offset_after)``.
 
     ``offset_after`` is where the name ends in place (after the first pointer, if any).
     Nothing at or past ``end`` (default: the buffer's end) is read. Every pointer must point
     strictly before the label sequence that contains it, and not into the header: together
     with the hop cap this rejects every loop.
+
+    ``memo`` (one dict per message, shared by its names) remembers the suffix found behind
+    each pointer target, so a message whose thousands of names point at one long name costs
+    one decode of that name, not thousands. The result is the same with or without it.
     """
     if end is None or end > len(buf):
         end = len(buf)
@@ -205,6 +239,8 @@ def decode_name(buf: bytes | memoryview, offset: int, end: int | None = None) ->
     after = -1
     hops = 0
     floor = offset  # a pointer must land strictly below the start of the current sequence
+    landings: list[tuple[int, int, int, int]] = []  # (target, len(labels), wire_len, hops) on landing
+    reach: list[int] = []  # per run of in-place bytes: the offset past its last byte
     while True:
         if pos >= end:
             raise MalformedError("truncated", "name runs past the end")
@@ -221,6 +257,21 @@ def decode_name(buf: bytes | memoryview, offset: int, end: int | None = None) ->
             hops += 1
             if hops > MAX_POINTERS:
                 raise MalformedError("too_many_pointers", str(hops))
+            reach.append(pos + 2)
+            hit = memo.get(target) if memo is not None else None
+            if hit is not None and hit[3] <= end:
+                text, s_wire, s_hops, s_reach = hit
+                hops += s_hops
+                if hops > MAX_POINTERS:
+                    raise MalformedError("too_many_pointers", str(hops))
+                wire_len += s_wire
+                if wire_len > MAX_NAME_WIRE:
+                    raise MalformedError("name_too_long", f"> {MAX_NAME_WIRE} bytes")
+                if text:
+                    labels.append(text)
+                reach.append(s_reach)
+                break
+            landings.append((target, len(labels), wire_len, hops))
             pos = floor = target
             continue
         if kind:
@@ -228,7 +279,8 @@ def decode_name(buf: bytes | memoryview, offset: int, end: int | None = None) ->
         if n == 0:
             if after < 0:
                 after = pos + 1
-            return ".".join(labels), after
+            reach.append(pos + 1)
+            break
         if pos + 1 + n > end:
             raise MalformedError("truncated", "label runs past the end")
         wire_len += n + 1
@@ -236,6 +288,15 @@ def decode_name(buf: bytes | memoryview, offset: int, end: int | None = None) ->
             raise MalformedError("name_too_long", f"> {MAX_NAME_WIRE} bytes")
         labels.append(_label_text(bytes(buf[pos + 1:pos + 1 + n])))
         pos += 1 + n
+    if memo is not None and landings:
+        # What follows landing k was read in runs k+1, k+2...: its reach is their maximum.
+        far = max(reach[len(landings) + 1:], default=0)  # the remembered suffix, if one was used
+        for k in range(len(landings) - 1, -1, -1):
+            far = max(far, reach[k + 1])
+            target, nlabels, wire_before, hops_before = landings[k]
+            if target not in memo and len(memo) < MEMO_SIZE:
+                memo[target] = (".".join(labels[nlabels:]), wire_len - wire_before, hops - hops_before, far)
+    return ".".join(labels), after
 
 
 class _NameWriter:
@@ -244,12 +305,12 @@ class _NameWriter:
     def __init__(self, compress: bool) -> None:
         self.buf = bytearray(HEADER_LEN)
         self.compress = compress
-        self.offsets: dict[tuple[str, ...], int] = {}
+        self.offsets: dict[tuple[bytes, ...], int] = {}
 
     def name(self, name: str) -> None:
         encode_name(name)  # validates the label and name lengths
         labels = _text_labels(name)
-        keys = [name_key(_label_text(lb)) for lb in labels]
+        keys = [lb.lower() for lb in labels]
         for i in range(len(labels)):
             suffix = tuple(keys[i:])
             if self.compress and suffix in self.offsets:
@@ -324,27 +385,37 @@ def parse_header(buf: bytes | memoryview) -> tuple[DnsHeader, int, int, int, int
     return h, qd, an, ns, ar
 
 
-def _decode_rdata(buf: bytes | memoryview, rtype: int, start: int, end: int) -> RData:
+def parse_question(buf: bytes | memoryview, offset: int = HEADER_LEN,
+                   memo: Memo | None = None) -> tuple[DnsQuestion, int]:
+    """The question at ``offset`` (the first one by default) and the offset after it."""
+    name, pos = decode_name(buf, offset, memo=memo)
+    if pos + 4 > len(buf):
+        raise MalformedError("truncated", "question")
+    qtype, qclass = _QFIXED.unpack_from(buf, pos)
+    return DnsQuestion(name, qtype, qclass), pos + 4
+
+
+def _decode_rdata(buf: bytes | memoryview, rtype: int, start: int, end: int, memo: Memo | None = None) -> RData:
     if rtype == TYPE_A:
         if end - start != 4:
             raise MalformedError("bad_rdata", f"A rdata of {end - start} bytes")
         return ".".join(map(str, buf[start:end]))
     if rtype in (TYPE_CNAME, TYPE_PTR, TYPE_NS):
-        name, after = decode_name(buf, start, end)
+        name, after = decode_name(buf, start, end, memo)
         if after != end:
             raise MalformedError("bad_rdata", f"name rdata ends at {after}, rdlength says {end}")
         return name
     if rtype == TYPE_SOA:
-        mname, pos = decode_name(buf, start, end)
-        rname, pos = decode_name(buf, pos, end)
+        mname, pos = decode_name(buf, start, end, memo)
+        rname, pos = decode_name(buf, pos, end, memo)
         if end - pos != _SOAFIXED.size:
             raise MalformedError("bad_rdata", "SOA fixed fields")
         return Soa(mname, rname, *_SOAFIXED.unpack_from(buf, pos))
     return bytes(buf[start:end])
 
 
-def _parse_record(buf: bytes | memoryview, pos: int) -> tuple[DnsRecord, int]:
-    name, pos = decode_name(buf, pos)
+def _parse_record(buf: bytes | memoryview, pos: int, memo: Memo | None = None) -> tuple[DnsRecord, int]:
+    name, pos = decode_name(buf, pos, memo=memo)
     if pos + 10 > len(buf):
         raise MalformedError("truncated", "record header")
     rtype, rclass, ttl, rdlen = _RRFIXED.unpack_from(buf, pos)
@@ -352,33 +423,39 @@ def _parse_record(buf: bytes | memoryview, pos: int) -> tuple[DnsRecord, int]:
     end = pos + rdlen
     if end > len(buf):
         raise MalformedError("truncated", f"rdlength {rdlen} past the end")
-    return DnsRecord(name, rtype, rclass, ttl, _decode_rdata(buf, rtype, pos, end)), end
+    return DnsRecord(name, rtype, rclass, ttl, _decode_rdata(buf, rtype, pos, end, memo)), end
 
 
-def parse_message(buf: bytes | memoryview) -> DnsMessage:
+def parse_message(buf: bytes | memoryview, max_records: int | None = None) -> DnsMessage:
     """Decode a whole message; raise :class:`MalformedError` on any inconsistency.
 
-    Bytes after the last record declared by the header are ignored.
+    Bytes after the last record declared by the header are ignored. With ``max_records``, at
+    most that many questions and records of each section are decoded: once a section holds
+    more, the rest of it and the sections after it are left out (their place in the message is
+    only known by decoding what comes before). Compare with :func:`parse_header`'s counts to
+    tell a capped message; the cap bounds the CPU a large (64 KiB) message can cost.
     """
     if isinstance(buf, memoryview):
         buf = bytes(buf)
     header, qd, an, ns, ar = parse_header(buf)
+    cap = -1 if max_records is None else max(0, max_records)
+    memo: Memo = {}
     pos = HEADER_LEN
     questions = []
-    for _ in range(qd):
-        name, pos = decode_name(buf, pos)
-        if pos + 4 > len(buf):
-            raise MalformedError("truncated", "question")
-        qtype, qclass = _QFIXED.unpack_from(buf, pos)
-        pos += 4
-        questions.append(DnsQuestion(name, qtype, qclass))
-    sections: list[tuple[DnsRecord, ...]] = []
-    for count in (an, ns, ar):
+    for _ in range(qd if cap < 0 else min(qd, cap)):
+        q, pos = parse_question(buf, pos, memo)
+        questions.append(q)
+    sections: list[tuple[DnsRecord, ...]] = [(), (), ()]
+    if 0 <= cap < qd:
+        return DnsMessage(header, tuple(questions))
+    for i, count in enumerate((an, ns, ar)):
         records = []
-        for _ in range(count):
-            rr, pos = _parse_record(buf, pos)
+        for _ in range(count if cap < 0 else min(count, cap)):
+            rr, pos = _parse_record(buf, pos, memo)
             records.append(rr)
-        sections.append(tuple(records))
+        sections[i] = tuple(records)
+        if 0 <= cap < count:
+            break
     return DnsMessage(header, tuple(questions), sections[0], sections[1], sections[2])
 
 
