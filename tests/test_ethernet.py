@@ -72,6 +72,29 @@ def test_multicast_group_accepted_when_joined() -> None:
     assert stack.counters.drops("ethernet") == {"ethernet.drop.multicast": 1}
 
 
+def test_link_broadcast_flag_visible_to_handlers_only() -> None:
+    stack, _ = make_stack()
+    eth: EthernetLayer = stack.ethernet
+    seen: list[bool] = []
+
+    def handler(payload: memoryview, csum_ok: bool) -> None:
+        seen.append(eth.rx_link_broadcast)
+        if bytes(payload) == b"boom":
+            raise RuntimeError("a handler bug")
+
+    eth.register(TEST_TYPE, handler)
+    eth.multicast.add(mac_aton("01:00:5e:00:00:fb"))
+    stack.receive_frame(frame(dst="ff:ff:ff:ff:ff:ff"), 0.0)
+    assert eth.rx_link_broadcast is False  # reset once the handler returned
+    stack.receive_frame(frame(), 0.0)
+    stack.receive_frame(frame(dst="01:00:5e:00:00:fb"), 0.0)
+    with pytest.raises(RuntimeError):
+        stack.receive_frame(frame(dst="ff:ff:ff:ff:ff:ff", data=b"boom"), 0.0)
+    assert seen == [True, False, True, True] and eth.rx_link_broadcast is False
+    stack.receive_ip(bytes(20), 0.0)  # NFQUEUE path: never a link broadcast
+    assert eth.rx_link_broadcast is False
+
+
 def test_unregister() -> None:
     stack, got = make_stack()
     stack.ethernet.unregister(TEST_TYPE)

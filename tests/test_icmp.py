@@ -79,6 +79,24 @@ class Errors:
 
 # A datagram we sent to FAR with transport header bytes we can recognise.
 OURS = build_ipv4(ME, FAR, PROTO, b"PORTSxyz" + b"." * 600, ident=11)
+OURS_PORTS = (int.from_bytes(b"PO", "big"), int.from_bytes(b"RT", "big"))  # its source, destination port
+
+
+class Transport:
+    """A stand-in for a transport in ``stack.transports``: owns the flows it is given."""
+
+    def __init__(self, *flows: tuple[int, bytes, int]) -> None:
+        self.flows = set(flows)
+        self.asked: list[tuple[int, bytes, int]] = []
+
+    def owns(self, local_port: int, remote_ip: bytes, remote_port: int) -> bool:
+        self.asked.append((local_port, remote_ip, remote_port))
+        return (local_port, remote_ip, remote_port) in self.flows
+
+
+def own_flow(stack: Stack, dst: bytes = FAR, ports: tuple[int, int] = OURS_PORTS) -> Transport:
+    stack.transports[PROTO] = t = Transport((ports[0], dst, ports[1]))
+    return t
 
 
 # -- echo ------------------------------------------------------------------------------------------
@@ -86,7 +104,7 @@ def test_echo_request_answered() -> None:
     s = make()
     icmp_in(s, build_echo(0x1234, 7, b"ping data"))
     [(h, msg)] = out_icmp(s)
-    assert (h.src, h.dst, h.tos) == (ME, PEER, 0x28)
+    assert (h.src, h.dst, h.tos, h.df) == (ME, PEER, 0x28, False)  # Linux clears DF on replies
     assert (msg.type, msg.code, msg.ident, msg.seq, msg.data) == (0, 0, 0x1234, 7, b"ping data")
     assert s.counters.get("icmp", "tx_echo_reply") == 1
 
@@ -170,6 +188,7 @@ CASES = [(3, code, *v) for code, v in UNREACH.items()] + [
 def test_errors_delivered_with_errno(type_: int, code: int, err: int, hard: bool) -> None:
     s = make()
     errors = Errors(s)
+    own_flow(s)
     rest = frag_needed_rest(1200) if (type_, code) == (3, 4) else 0
     icmp_in(s, build_error(type_, code, OURS, rest=rest), src=ROUTER)
     [(e, h, l4)] = errors.got
@@ -190,6 +209,8 @@ def test_port_unreachable_built_by_scapy() -> None:
 def test_frag_needed_updates_path_mtu() -> None:
     s = make()
     errors = Errors(s)
+    owner = own_flow(s)
+    owner.flows.add((OURS_PORTS[0], PEER, OURS_PORTS[1]))
     icmp_in(s, build_error(3, 4, OURS, rest=frag_needed_rest(1300)), src=ROUTER)
     assert s.ipv4.path_mtu(FAR) == 1300
     icmp_in(s, build_error(3, 4, OURS, rest=0), src=ROUTER)  # pre-RFC 1191 router: plateau guess
@@ -201,6 +222,41 @@ def test_frag_needed_updates_path_mtu() -> None:
     assert errors.got[-1][0].mtu == 552  # never below min_pmtu
     s.ipv4.send(FAR, PROTO, b"x" * 1000)
     assert all(len(p) <= 552 for _, _, p in s.arp.sent)  # type: ignore[attr-defined]
+    assert owner.asked[0] == (OURS_PORTS[0], FAR, OURS_PORTS[1])
+
+
+def test_frag_needed_for_a_flow_not_ours_leaves_the_path_mtu_alone() -> None:
+    """Anyone can forge an error quoting our address; only our own flows' errors are believed."""
+    s = make()
+    errors = Errors(s)
+    icmp_in(s, build_error(3, 4, OURS, rest=frag_needed_rest(600)), src=ROUTER)  # no transport
+    owner = own_flow(s, ports=(1, 2))
+    icmp_in(s, build_error(3, 4, OURS, rest=frag_needed_rest(600)), src=ROUTER)  # not that flow
+    assert s.ipv4.path_mtu(FAR) == 1500 and s.counters.get("icmp", "pmtu_ignored.not_owned") == 2
+    assert owner.asked == [(OURS_PORTS[0], FAR, OURS_PORTS[1])]
+    assert [e.mtu for e, _, _ in errors.got] == [1500, 1500]  # still reported, with the MTU in force
+    probe = build_ipv4(ME, FAR, 1, build_echo(42, 1, b"x" * 1400))  # our ping, but nobody listens
+    icmp_in(s, build_error(3, 4, probe, rest=frag_needed_rest(1000)), src=ROUTER)
+    assert s.ipv4.path_mtu(FAR) == 1500
+    s.icmp.register_echo_listener(42, lambda h, m: None, lambda e, h, l4: None)
+    icmp_in(s, build_error(3, 4, probe, rest=frag_needed_rest(1000)), src=ROUTER)
+    assert s.ipv4.path_mtu(FAR) == 1000
+    fragment = build_ipv4(ME, PEER, PROTO, b"PORTSxyz", frag_offset=1480)  # no ports to check
+    own_flow(s, dst=PEER).flows.add((OURS_PORTS[0], PEER, OURS_PORTS[1]))
+    icmp_in(s, build_error(3, 4, fragment, rest=frag_needed_rest(1000)), src=ROUTER)
+    assert s.ipv4.path_mtu(PEER) == 1500
+
+
+@pytest.mark.parametrize("reported,accepted,pmtu", [
+    (1, False, 1500), (67, False, 1500), (68, True, 552), (551, True, 552), (552, True, 552),
+    (1280, True, 1280), (1500, True, 1500), (9000, True, 1500)])
+def test_frag_needed_mtu_rules(reported: int, accepted: bool, pmtu: int) -> None:
+    s = make()
+    errors = Errors(s)
+    own_flow(s)
+    icmp_in(s, build_error(3, 4, OURS, rest=frag_needed_rest(reported)), src=ROUTER)
+    assert s.ipv4.path_mtu(FAR) == pmtu and len(errors.got) == int(accepted)
+    assert s.counters.get("icmp", "drop.frag_needed_bad_mtu") == int(not accepted)
 
 
 @pytest.mark.parametrize("quoted,reason", [
@@ -291,6 +347,38 @@ def test_errors_allowed_about_echo_and_first_fragments() -> None:
     assert s.icmp.send_error(3, 2, inbound(build_echo(1, 1), proto=1))
     assert s.icmp.send_error(11, 1, inbound(mf=True))
     assert len(out_icmp(s)) == 2
+
+
+OUR_MAC = StackConfig().mac
+PEER_MAC = b"\x02\x00\x00\x00\x00\x02"
+
+
+def frame(packet: bytes, broadcast: bool) -> bytes:
+    return (b"\xff" * 6 if broadcast else OUR_MAC) + PEER_MAC + b"\x08\x00" + packet
+
+
+def test_no_errors_about_link_layer_broadcast_frames() -> None:
+    """RFC 1122 3.2.2: a unicast-IP datagram in a frame to ff:ff:ff:ff:ff:ff gets no error."""
+    s = make()
+    s.receive_frame(frame(inbound(proto=254), broadcast=True), 0.0)  # protocol unreachable due
+    assert out_icmp(s) == [] and s.counters.get("icmp", "error_suppressed.link_broadcast") == 1
+    s.receive_frame(frame(inbound(proto=254), broadcast=False), 0.0)
+    [(h, msg)] = out_icmp(s)
+    assert (h.dst, msg.type, msg.code) == (PEER, 3, 2)
+    s.receive_frame(frame(inbound(build_echo(1, 1), proto=1), broadcast=True), 0.0)
+    [(h, msg)] = out_icmp(s)  # a ping in a broadcast frame is still answered (as Linux)
+    assert msg.type == 0
+    assert s.icmp.send_error(3, 3, inbound())  # outside a frame's handling: allowed again
+
+
+def test_udp_port_unreachable_not_sent_about_broadcast_frames() -> None:
+    s = Stack(StackConfig(address=ME, prefix_len=24, gateway=ROUTER), rng=random.Random(1))
+    udp = build_ipv4(PEER, ME, 17, bytes.fromhex("9c40 0009 000c 0000") + b"udp!")  # to port 9, closed
+    s.receive_frame(frame(udp, broadcast=True), 0.0)
+    assert s.counters.get("icmp", "tx_error") == 0
+    assert s.counters.get("icmp", "error_suppressed.link_broadcast") == 1
+    s.receive_frame(frame(udp, broadcast=False), 0.0)
+    assert s.counters.get("icmp", "tx_error") == 1
 
 
 def test_no_errors_in_shared_mode() -> None:

@@ -209,6 +209,27 @@ def test_routing() -> None:
     assert ei.value.errno == errno.ENETUNREACH and sent(nogw) == []
 
 
+@pytest.mark.parametrize("dst", ["127.0.0.1", "127.255.255.254", "0.0.0.0", "0.1.2.3"])
+def test_loopback_and_zero_network_destinations_never_leave(dst: str) -> None:
+    s = make(gateway=GW)  # with a default route they used to go to the gateway
+    with pytest.raises(OSError) as ei:
+        s.ipv4.send(ip_aton(dst), PROTO, b"x")
+    assert ei.value.errno == errno.ENETUNREACH and sent(s) == []
+    assert counters(s)["drop.tx_martian_destination"] == 1
+    with pytest.raises(OSError):
+        s.icmp.send_echo(ip_aton(dst), 1, 1)
+    assert sent(s) == []
+
+
+def test_martian_destinations_dropped_on_receive() -> None:
+    s = make()
+    sink = Sink(s)
+    for dst in (bytes([127, 0, 0, 1]), bytes([0, 0, 0, 0]), bytes([0, 9, 9, 9])):
+        s.receive_ip(pkt(dst=dst), 0.0)
+    assert sink.got == [] and counters(s)["drop.martian_destination"] == 3
+    assert counters(s).get("drop.not_for_us", 0) == 0
+
+
 def test_ttl_tos_src_defaults_and_overrides() -> None:
     s = make(default_ttl=77)
     s.ipv4.send(PEER, PROTO, b"x")
@@ -329,11 +350,12 @@ def test_path_mtu_cache() -> None:
 
 
 # -- reassembly ------------------------------------------------------------------------------------
-def frags_of(data: bytes, size: int, ident: int = 99, src: bytes = PEER, **kw: Any) -> list[bytes]:
+def frags_of(data: bytes, size: int, ident: int = 99, src: bytes = PEER, proto: int = PROTO,
+             **kw: Any) -> list[bytes]:
     out = []
     for off in range(0, len(data), size):
         chunk = data[off:off + size]
-        out.append(build_ipv4(src, ME, PROTO, chunk, ident=ident, mf=off + size < len(data),
+        out.append(build_ipv4(src, ME, proto, chunk, ident=ident, mf=off + size < len(data),
                               frag_offset=off, **kw))
     return out
 
@@ -380,13 +402,16 @@ def test_interleaved_datagrams_kept_apart() -> None:
     assert sorted(sink.payloads) == [b"a" * 64, b"b" * 64, b"c" * 64]
 
 
+Span = tuple[int, int, bool, int]  # (start, end, mf, variant): a fragment of a plan
+
+
 @st.composite
-def fragment_plans(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, bool, int]]]:
+def fragment_plans(draw: st.DrawFn) -> tuple[int, list[Span]]:
     """A payload length and fragments (start, end, mf, variant) covering it eventually."""
     blocks = draw(st.integers(2, 6))
     tail = draw(st.integers(0, 7))
     length = blocks * 8 + tail
-    spans: list[tuple[int, int, bool, int]] = []
+    spans: list[Span] = []
     for _ in range(draw(st.integers(0, 6))):
         a = draw(st.integers(0, blocks - 1))
         if draw(st.booleans()):
@@ -401,59 +426,139 @@ def fragment_plans(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, bool, int
     return length, spans
 
 
-def oracle(policy: str, length: int, spans: list[tuple[int, int, bool, int]],
-           base: bytes) -> list[bytes]:
-    """What a correct reassembler delivers, by brute force over bytes."""
+def random_plan(rng: random.Random) -> tuple[int, list[Span]]:
+    """:func:`fragment_plans` with a plain RNG (for the kernel comparison, outside hypothesis)."""
+    blocks, tail = rng.randint(2, 6), rng.randint(0, 7)
+    length = blocks * 8 + tail
+    spans: list[Span] = []
+    for _ in range(rng.randint(0, 6)):
+        a = rng.randint(0, blocks - 1)
+        if rng.random() < 0.5:
+            spans.append((a * 8, length, False, rng.randint(0, 2)))
+        else:
+            b = rng.randint(a + 1, blocks)
+            spans.append((a * 8, b * 8, b * 8 < length, rng.randint(0, 2)))
+    cover = [(i * 8, (i + 1) * 8, True, 0) for i in range(blocks)]
+    cover[-1] = (cover[-1][0], length, False, 0)
+    rng.shuffle(cover)
+    return length, spans + cover
+
+
+def span_bytes(base: bytes, start: int, end: int, v: int) -> bytes:
+    return bytes((base[i] + v) & 0xFF for i in range(start, end))
+
+
+def oracle(policy: str, length: int, spans: list[Span], base: bytes) -> list[bytes]:
+    """What a correct reassembler delivers, by brute force over bytes. ``"linux"`` transcribes
+    net/ipv4/inet_fragment.c ``inet_frag_queue_insert`` with lists: runs grow only at the tail;
+    a fragment inside one run is a duplicate; any other overlap kills the queue, which Linux
+    then forgets (later fragments start a new one)."""
     out: list[bytes] = []
     cells: list[int | None] = [None] * length
-    last_seen = dead = False
+    runs: list[list[int]] = []
+    last_seen = False
     for start, end, mf, v in spans:
-        data = [(base[i] + v) & 0xFF for i in range(start, end)]
+        data = span_bytes(base, start, end, v)
         if start == 0 and not mf:  # not a fragment: a whole datagram, delivered as is
-            out.append(bytes(data))
+            out.append(data)
             continue
-        if dead:
-            continue
-        if policy == "drop" and any(cells[i] is not None and cells[i] != data[i - start]
-                                    for i in range(start, end)):
-            dead = True
-            continue
+        if policy == "linux":
+            if not runs or end > runs[-1][1]:
+                if runs and start < runs[-1][1]:
+                    cells, runs, last_seen = [None] * length, [], False
+                    continue
+                if runs and start == runs[-1][1]:
+                    runs[-1][1] = end
+                else:
+                    runs.append([start, end])
+            else:
+                hit = [r for r in runs if r[0] < end and start < r[1]]
+                if len(hit) == 1 and hit[0][0] <= start and end <= hit[0][1]:
+                    continue  # duplicate
+                if hit:
+                    cells, runs, last_seen = [None] * length, [], False
+                    continue
+                runs = sorted(runs + [[start, end]])
         for i in range(start, end):
             if policy == "last" or cells[i] is None:
                 cells[i] = data[i - start]
         last_seen = last_seen or not mf
         if last_seen and all(x is not None for x in cells):
             out.append(bytes(x for x in cells if x is not None))
-            cells, last_seen = [None] * length, False
+            cells, runs, last_seen = [None] * length, [], False
     return out
 
 
-@pytest.mark.parametrize("policy", ["drop", "first", "last"])
-@settings(max_examples=120, deadline=None)
+def feed_plan(s: Stack, length: int, spans: list[Span], base: bytes, ident: int = 5) -> None:
+    for start, end, mf, v in spans:
+        s.receive_ip(build_ipv4(PEER, ME, PROTO, span_bytes(base, start, end, v), ident=ident, mf=mf,
+                                frag_offset=start), 0.0)
+
+
+@pytest.mark.parametrize("policy", ["linux", "first", "last"])
+@settings(max_examples=150, deadline=None)
 @given(plan=fragment_plans())
-def test_overlap_policies_match_oracle(policy: str, plan: tuple[int, list]) -> None:
+def test_overlap_policies_match_oracle(policy: str, plan: tuple[int, list[Span]]) -> None:
     length, spans = plan
     base = random.Random(length).randbytes(length)
     s = make()
     s.ipv4.overlap_policy = policy
     sink = Sink(s)
-    for start, end, mf, v in spans:
-        data = bytes((base[i] + v) & 0xFF for i in range(start, end))
-        s.receive_ip(build_ipv4(PEER, ME, PROTO, data, ident=5, mf=mf, frag_offset=start), 0.0)
+    feed_plan(s, length, spans, base)
     assert sink.payloads == oracle(policy, length, spans, base)
+    assert s.ipv4.reassembly_bytes == sum(s.ipv4.reasm_cost(r) for r in s.ipv4._reasm.values())
 
 
-def test_overlap_drop_discards_stragglers_and_stays_silent() -> None:
+def test_linux_policy_is_the_default() -> None:
+    assert make().ipv4.overlap_policy == "linux"
+    s = make()
+    s.ipv4.overlap_policy = "drop"
+    with pytest.raises(ValueError):
+        s.receive_ip(build_ipv4(PEER, ME, PROTO, b"A" * 8, ident=1, mf=True), 0.0)
+
+
+def frag(data: bytes, offset: int, mf: bool = True, ident: int = 8) -> bytes:
+    return build_ipv4(PEER, ME, PROTO, data, ident=ident, mf=mf, frag_offset=offset)
+
+
+def test_linux_contained_fragment_is_a_duplicate_whatever_its_bytes() -> None:
     s = make()
     sink = Sink(s)
-    s.receive_ip(build_ipv4(PEER, ME, PROTO, b"A" * 16, ident=8, mf=True), 0.0)
-    s.receive_ip(build_ipv4(PEER, ME, PROTO, b"B" * 8, ident=8, mf=True, frag_offset=8), 0.0)
-    s.receive_ip(build_ipv4(PEER, ME, PROTO, b"C" * 8, ident=8, frag_offset=16), 1.0)
-    c = counters(s)
-    assert c["drop.frag_overlap"] == 1 and c["drop.frag_discarded_datagram"] == 1
-    assert s.ipv4.reassembly_bytes == 0 and sink.got == []
-    s.poll(40.0)
-    assert sent(s) == [] and s.ipv4.reassemblies == 0  # no time exceeded for a discarded datagram
+    s.receive_ip(frag(b"A" * 16, 0), 0.0)
+    s.receive_ip(frag(b"C" * 8, 8), 0.0)  # inside the run [0, 16): ignored, though its bytes differ
+    s.receive_ip(frag(b"D" * 16, 0), 0.0)  # the same run exactly: ignored too
+    s.receive_ip(frag(b"B" * 8, 16, mf=False), 0.0)
+    assert sink.payloads == [b"A" * 16 + b"B" * 8]
+    assert counters(s)["rx_frag_duplicate"] == 2 and counters(s).get("drop.frag_overlap", 0) == 0
+
+
+def test_linux_partial_overlap_discards_even_with_identical_bytes() -> None:
+    s = make()
+    sink = Sink(s)
+    s.receive_ip(frag(b"A" * 16, 0), 0.0)
+    s.receive_ip(frag(b"A" * 16, 8), 0.0)  # [8, 24) over [0, 16): same bytes, still an overlap
+    assert counters(s)["drop.frag_overlap"] == 1
+    assert s.ipv4.reassemblies == 0 and s.ipv4.reassembly_bytes == 0
+    s.receive_ip(frag(b"A" * 8, 16, mf=False), 0.0)  # a straggler starts a new reassembly ...
+    assert sink.got == [] and s.ipv4.reassemblies == 1
+    s.poll(31.0)  # ... which times out, silently: it never got the first fragment
+    assert sent(s) == [] and counters(s)["reasm_timeout"] == 1 and s.ipv4.reassemblies == 0
+
+
+def test_linux_fragment_spanning_two_runs_is_an_overlap() -> None:
+    # In order, [0, 8) then [8, 16) form one run: [0, 16) inside it is a duplicate.
+    s = make()
+    sink = Sink(s)
+    for f in (frag(b"A" * 8, 0), frag(b"B" * 8, 8), frag(b"AAAAAAAABBBBBBBB", 0), frag(b"C" * 8, 16, False)):
+        s.receive_ip(f, 0.0)
+    assert sink.payloads == [b"A" * 8 + b"B" * 8 + b"C" * 8] and counters(s)["rx_frag_duplicate"] == 1
+    # Out of order, [8, 16) lands between [0, 8) and [16, 24) as a run of its own: a fragment
+    # covering [0, 16) spans two runs, which Linux treats as an overlap, not a duplicate.
+    s = make()
+    sink = Sink(s)
+    for f in (frag(b"A" * 8, 0), frag(b"C" * 8, 24), frag(b"B" * 8, 8), frag(b"AAAAAAAABBBBBBBB", 0)):
+        s.receive_ip(f, 0.0)
+    assert counters(s)["drop.frag_overlap"] == 1 and s.ipv4.reassemblies == 0 and sink.got == []
 
 
 def test_first_and_last_policies_explicit() -> None:
@@ -511,10 +616,9 @@ def test_staggered_timeouts() -> None:
 
 def test_fragment_flood_keeps_one_timer() -> None:
     s = make()
-    for i in range(2000):  # fragments that never complete, with evictions
+    for i in range(2000):  # fragments that never complete
         s.receive_ip(frags_of(b"c" * 32, 16, ident=i)[i % 2], i * 0.01)
-    assert len(s.timers) == 1 and s.ipv4.reassemblies == 64
-    assert counters(s)["reasm_evicted"] == 2000 - 64
+    assert len(s.timers) == 1 and s.ipv4.reassemblies == 2000
     s.poll(100.0)
     assert s.ipv4.reassemblies == 0 and len(s.timers) == 0 and s.ipv4.reassembly_bytes == 0
 
@@ -530,40 +634,77 @@ def test_fragment_beyond_65535_dropped_but_max_datagram_reassembles() -> None:
     assert sink.payloads == [data] and sink.got[0][0].total_length == 65535
 
 
-def test_reassembly_count_cap_evicts_oldest() -> None:
+def test_flood_of_one_fragment_datagrams_cannot_kill_one_in_progress() -> None:
+    """The old 64-queue cap with evict-oldest let ~2 KB of junk destroy a real datagram."""
+    s = make()
+    sink = Sink(s)
+    real = frags_of(DATA, 160, ident=1)
+    for f in real[:3]:
+        s.receive_ip(f, 0.0)
+    for i in range(3000):  # 3000 one-fragment datagrams from various sources: ~1.6 MB charged
+        s.receive_ip(build_ipv4(bytes([10, 0, 0, 3 + i % 200]), ME, PROTO, b"j" * 8, ident=i, mf=True,
+                                frag_offset=8), 1.0)
+    assert s.ipv4.reassemblies == 3001 and s.ipv4.reassembly_bytes < s.ipv4.max_reasm_bytes
+    for f in real[3:]:
+        s.receive_ip(f, 2.0)
+    assert sink.payloads == [DATA]
+    assert not any(k.startswith("drop.reasm") for k in counters(s))
+
+
+def test_memory_threshold_refuses_new_reassemblies_never_evicts() -> None:
+    s = make()
+    s.ipv4.max_reasm_bytes = 10_000
+    sink = Sink(s)
+    first = frags_of(b"m" * 3000, 1480, ident=0)
+    s.receive_ip(first[0], 0.0)
+    cost = s.ipv4.reassembly_bytes
+    assert cost == 256 + 1480 + 256 + (20 + 576)  # queue + fragment + overhead + kept start
+    for ident in range(1, 20):
+        s.receive_ip(frags_of(b"m" * 3000, 1480, ident=ident)[0], 0.0)
+    # Admitted while the charge was not above the threshold: 4 of them (4 * 2588 > 10_000).
+    assert s.ipv4.reassemblies == 4 and counters(s)["drop.reasm_mem_full"] == 16
+    assert s.ipv4.reassembly_bytes == 4 * cost
+    for f in first[1:]:  # over the threshold: even fragments of existing reassemblies wait (Linux)
+        s.receive_ip(f, 1.0)
+    assert sink.got == [] and counters(s)["drop.reasm_mem_full"] == 18
+    s.poll(30.0)  # the timeout frees everything
+    assert s.ipv4.reassemblies == 0 and s.ipv4.reassembly_bytes == 0
+    for f in frags_of(b"m" * 3000, 1480, ident=99):
+        s.receive_ip(f, 31.0)
+    assert sink.payloads == [b"m" * 3000] and s.ipv4.reassembly_bytes == 0
+
+
+def test_reassembly_count_backstop_refuses_new_ones() -> None:
     s = make()
     s.ipv4.max_reassemblies = 4
     sink = Sink(s)
     sets = [frags_of(bytes([i]) * 32, 16, ident=i) for i in range(6)]
     for fs in sets:
         s.receive_ip(fs[0], 0.0)
-    assert s.ipv4.reassemblies == 4 and counters(s)["reasm_evicted"] == 2
-    s.receive_ip(sets[0][1], 0.0)  # the oldest was evicted: no delivery
-    s.receive_ip(sets[5][1], 0.0)
-    assert sink.payloads == [bytes([5]) * 32]
+    assert s.ipv4.reassemblies == 4 and counters(s)["drop.reasm_too_many"] == 2
+    s.receive_ip(sets[0][1], 0.0)  # the oldest was kept: it completes
+    s.receive_ip(sets[5][1], 0.0)  # the refused one starts now (a slot is free) but lacks its start
+    assert sink.payloads == [bytes([0]) * 32] and s.ipv4.reassemblies == 4
 
 
-def test_reassembly_memory_cap() -> None:
+def test_overheads_charged_per_fragment_and_queue() -> None:
     s = make()
-    s.ipv4.max_reasm_bytes = 10_000
-    sink = Sink(s)
-    for ident in range(20):
-        s.receive_ip(frags_of(b"m" * 3000, 1480, ident=ident)[0], 0.0)
-        assert s.ipv4.reassembly_bytes <= 10_000
-    assert counters(s)["reasm_evicted"] == 14 and s.ipv4.reassemblies == 6
-    for f in frags_of(b"m" * 3000, 1480, ident=19)[1:]:
-        s.receive_ip(f, 0.0)
-    assert sink.payloads == [b"m" * 3000]
+    s.receive_ip(build_ipv4(PEER, ME, PROTO, b"t" * 8, ident=3, mf=True, frag_offset=16), 0.0)
+    assert s.ipv4.reassembly_bytes == 256 + 256 + 8
+    s.receive_ip(build_ipv4(PEER, ME, PROTO, b"t" * 8, ident=3, mf=True, frag_offset=24), 0.0)
+    assert s.ipv4.reassembly_bytes == 256 + 2 * (256 + 8)  # one run, but two fragments held
+    s.receive_ip(build_ipv4(PEER, ME, PROTO, b"t" * 8, ident=3, mf=True, frag_offset=24), 0.0)
+    assert s.ipv4.reassembly_bytes == 256 + 2 * (256 + 8)  # a duplicate is not kept
 
 
-def test_tiny_fragments_charged_and_capped() -> None:
+def test_tiny_fragments_capped() -> None:
     s = make()
     s.ipv4.max_fragments = 8
     for i in range(10):  # 8-byte pieces with gaps between them
         s.receive_ip(build_ipv4(PEER, ME, PROTO, b"t" * 8, ident=3, mf=True, frag_offset=i * 16), 0.0)
     c = counters(s)
-    assert c["drop.frag_too_many"] == 1 and c["drop.frag_discarded_datagram"] == 1
-    assert s.ipv4.reassembly_bytes == 0
+    assert c["drop.frag_too_many"] == 1 and s.ipv4.reassemblies == 1  # the 10th starts anew
+    assert s.ipv4.reassembly_bytes == 256 + 256 + 8
 
 
 def test_malformed_fragments_dropped() -> None:
@@ -584,6 +725,56 @@ def test_fragments_for_others_not_buffered() -> None:
     s = make()
     s.receive_ip(build_ipv4(PEER, FAR, PROTO, b"x" * 16, ident=4, mf=True), 0.0)
     assert s.ipv4.reassemblies == 0 and counters(s)["drop.not_for_us"] == 1
+
+
+# -- link-layer broadcast frames -------------------------------------------------------------------
+OUR_MAC = StackConfig().mac
+PEER_MAC = b"\x02\x00\x00\x00\x00\x02"
+
+
+def eth(packet: bytes, broadcast: bool) -> bytes:
+    return (b"\xff" * 6 if broadcast else OUR_MAC) + PEER_MAC + b"\x08\x00" + packet
+
+
+def icmp_counters(stack: Stack) -> dict[str, int]:
+    return dict(stack.counters["icmp"])
+
+
+@pytest.mark.parametrize("first_bcast,last_bcast,answered", [
+    (True, False, False), (False, True, True), (False, False, True)])
+def test_reassembled_datagram_counts_as_received_like_its_first_fragment(
+        first_bcast: bool, last_bcast: bool, answered: bool) -> None:
+    s = make()  # protocol 254 has no handler: a protocol unreachable is due, unless link broadcast
+    first, last = frags_of(b"q" * 32, 16, proto=254)
+    s.receive_frame(eth(first, first_bcast), 0.0)
+    s.receive_frame(eth(last, last_bcast), 0.0)
+    out = sent(s)
+    assert counters(s)["reassembled"] == 1 and len(out) == int(answered)
+    assert icmp_counters(s).get("error_suppressed.link_broadcast", 0) == int(not answered)
+    assert s.ethernet.rx_link_broadcast is False
+
+
+def test_time_exceeded_follows_the_first_fragments_frame_not_the_last_frame_seen() -> None:
+    s = make()
+    s.receive_frame(eth(frags_of(DATA, 160, ident=1)[0], broadcast=True), 0.0)
+    s.receive_frame(eth(frags_of(DATA, 160, ident=2)[0], broadcast=False), 1.0)
+    s.receive_frame(eth(frags_of(DATA, 160, ident=3)[1], broadcast=True), 2.0)  # last frame: broadcast
+    s.poll(40.0)
+    [(_, _, out)] = sent(s)  # only for ident 2
+    assert parse_ipv4(parse_icmp(parse_ipv4(out)[1]).data)[0].ident == 2
+    assert counters(s)["reasm_timeout"] == 3 and icmp_counters(s)["error_suppressed.link_broadcast"] == 1
+
+
+def test_unicast_in_l2_multicast_option() -> None:
+    s = make()
+    sink = Sink(s)
+    s.receive_frame(eth(pkt(b"1"), broadcast=True), 0.0)  # accepted by default, as Linux
+    s.ipv4.drop_unicast_in_l2_multicast = True
+    s.receive_frame(eth(pkt(b"2"), broadcast=True), 0.0)
+    s.receive_frame(eth(pkt(b"3", dst=BCAST), broadcast=True), 0.0)  # IP broadcast: fine
+    s.receive_frame(eth(pkt(b"4"), broadcast=False), 0.0)
+    s.receive_ip(pkt(b"5"), 0.0)  # NFQUEUE: never a link broadcast
+    assert sink.payloads == [b"1", b"3", b"4", b"5"] and counters(s)["drop.unicast_in_l2_multicast"] == 1
 
 
 # -- ARP failure -----------------------------------------------------------------------------------
@@ -735,4 +926,49 @@ def test_kernel_accepts_our_protocol_unreachable(make_lab: Any) -> None:
     w.pump(refused)
     assert errors == [errno.ENOPROTOOPT] and w.stack.counters.get("icmp", "tx_error") == 1
     udp.close()
+    w.sock.close()
+
+
+# Plans whose outcome the rules above single out, then random ones (same generator as the oracle).
+EXPLICIT_PLANS: list[tuple[int, list[Span]]] = [
+    (24, [(0, 16, True, 0), (8, 16, True, 1), (16, 24, False, 0)]),  # contained, other bytes: dup
+    (24, [(0, 16, True, 0), (8, 24, False, 0), (16, 24, False, 0)]),  # partial, same bytes: discard
+    (32, [(0, 8, True, 0), (24, 32, False, 0), (8, 16, True, 0), (0, 16, True, 0), (16, 24, True, 0)]),
+    (24, [(0, 8, True, 0), (8, 16, True, 0), (0, 16, True, 2), (16, 24, False, 0)]),  # one run: dup
+    (24, [(16, 24, False, 0), (0, 8, True, 0), (0, 24, False, 1), (8, 16, True, 0)]),
+]
+
+
+@pytest.mark.lab
+def test_kernel_agrees_on_overlapping_fragments(make_lab: Any) -> None:
+    """Send the same fragment plans to the Linux kernel (a raw socket for our experimental
+    protocol gets what it reassembles) and to the stack: the delivered datagrams must match."""
+    w = Wired(make_lab(servers=False))
+    me, server = w.stack.config.address, w.server
+    raw = w.server_socket(socket.SOCK_RAW, PROTO)
+    head = mac_aton(w.lab.server_mac) + w.stack.config.mac + b"\x08\x00"
+    rng = random.Random(2018)
+    plans = EXPLICIT_PLANS + [random_plan(rng) for _ in range(200)]
+    disagreements = []
+    for n, (length, spans) in enumerate(plans):
+        base = random.Random(n).randbytes(length)
+        ident = 1000 + n
+        for start, end, mf, v in spans:
+            w.sock.send(head + build_ipv4(me, server, PROTO, span_bytes(base, start, end, v), ident=ident,
+                                          mf=mf, frag_offset=start))
+        probe = b"probe %d" % n
+        w.sock.send(head + build_ipv4(me, server, PROTO, probe, ident=60000))
+        kernel: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while not kernel or kernel[-1] != probe:
+            assert time.monotonic() < deadline, f"plan {n}: the probe never came back"
+            if select.select([raw], [], [], 0.5)[0]:
+                kernel.append(bytes(parse_ipv4(raw.recv(70000))[1]))
+        s = make()
+        sink = Sink(s)
+        feed_plan(s, length, spans, base, ident=ident)
+        if sink.payloads != kernel[:-1]:
+            disagreements.append((n, length, spans))
+    assert disagreements == []
+    raw.close()
     w.sock.close()

@@ -16,7 +16,9 @@ Layer contracts (all run in the stack thread; ``csum_ok=True`` means the L4 chec
 good or not computed yet, e.g. a locally generated packet with checksum offload):
 
 - ``ethernet.receive(frame, csum_ok)``; ``ethernet.send(dst_mac, ethertype, payload)``;
-  ``ethernet.register(ethertype, handler)`` with ``handler(payload, csum_ok)``.
+  ``ethernet.register(ethertype, handler)`` with ``handler(payload, csum_ok)``. While a handler
+  runs, ``ethernet.rx_link_broadcast`` tells whether the frame was link-layer broadcast or
+  multicast (ICMP never answers those, RFC 1122 3.2.2).
 - ``arp.receive(payload, csum_ok)``; ``arp.output(next_hop_ip, ethertype, payload)`` resolves
   the next hop's MAC (queueing while unresolved) and sends through ``ethernet``.
 - ``ipv4.receive(packet, csum_ok)``; ``ipv4.register(proto, handler)`` with
@@ -86,7 +88,8 @@ class Stack:
         self.icmp = self.icmp_class(self)
         self.udp = self.udp_class(self)
         self.dns = self.dns_class(self)
-        # Transport layers by IP protocol number, asked by the diversion who owns a packet.
+        # Transport layers by IP protocol number, asked (``owns()``) by the diversion who owns a
+        # packet and by ICMP whether a quoted flow is ours before it lowers a path MTU.
         self.transports: dict[int, Any] = {17: self.udp}
         self._post_init()
 

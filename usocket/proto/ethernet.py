@@ -17,6 +17,13 @@ Receive (``receive(frame, csum_ok)``) checks, in order, and drops with a counter
 The handler gets ``memoryview(frame)[14:]``: no copy, and possibly with Ethernet padding at
 the end (IPv4 strips it by its total length, ARP reads only its 28 bytes).
 
+While a handler runs, :attr:`EthernetLayer.rx_link_broadcast` tells whether the frame was sent
+to a group address (broadcast or multicast: Linux's ``PACKET_BROADCAST``/``PACKET_MULTICAST``
+rather than ``PACKET_HOST``); it is ``False`` at any other time (timers, packets handed over by
+NFQUEUE through ``Stack.receive_ip``). The handler signature stays ``(payload, csum_ok)``; layers
+above read the flag where RFC 1122 cares, e.g. ICMP never sends an error about such a frame
+(RFC 1122 3.2.2).
+
 Send (``send(dst_mac, ethertype, payload)``) prepends a header from a small per-(destination,
 EtherType) cache of 14-byte templates and hands the frame to ``stack.transmit``. It does not
 pad short frames unless :attr:`EthernetLayer.pad_to` is set (Linux does not pad either: NIC
@@ -55,6 +62,8 @@ class EthernetLayer:
         self.multicast: set[bytes] = set()
         self._headers: dict[tuple[bytes, int], bytes] = {}
         self._headers_src: bytes = stack.config.mac
+        #: True while the handler of a frame sent to a group MAC address runs (see the module doc).
+        self.rx_link_broadcast = False
 
     # -- registration ----------------------------------------------------------------------
     def register(self, ethertype: int, handler: Handler) -> None:
@@ -87,7 +96,11 @@ class EthernetLayer:
         if handler is None:
             c["drop.unknown_ethertype"] += 1
             return
-        handler(memoryview(frame)[ETH_HLEN:], csum_ok)
+        self.rx_link_broadcast = bool(dst[0] & 1)
+        try:
+            handler(memoryview(frame)[ETH_HLEN:], csum_ok)
+        finally:
+            self.rx_link_broadcast = False
 
     def accept_destination(self, dst: bytes) -> bool:
         """Whether a frame for ``dst`` (not our own MAC) is for us; counts the refusals.

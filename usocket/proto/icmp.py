@@ -3,14 +3,21 @@
 Received messages always have their checksum verified. Then:
 
 - echo request: answered in own mode (in shared mode the host kernel answers for the shared
-  address); requests to a broadcast address are ignored (``echo_ignore_broadcasts``, as Linux).
+  address) without DF, as Linux; requests to a broadcast address are ignored
+  (``echo_ignore_broadcasts``, as Linux).
 - echo reply: handed to the listener registered for its identifier
   (:meth:`IcmpLayer.register_echo_listener`); :meth:`IcmpLayer.send_echo` sends requests.
 - destination unreachable, time exceeded, parameter problem: the quoted datagram must be one
   we sent; the error becomes an :class:`IcmpError` (table below) and goes to the error handler
-  of the quoted datagram's protocol (:meth:`IcmpLayer.register_error_handler`). A
-  "fragmentation needed" also lowers the path MTU (RFC 1191; an MTU of 0 from an old router is
-  guessed from the plateau table).
+  of the quoted datagram's protocol (:meth:`IcmpLayer.register_error_handler`).
+- "fragmentation needed" (RFC 1191) also lowers the path MTU, but only when the quoted datagram
+  belongs to a local endpoint (:meth:`IcmpLayer.owns_quoted`: the transport in
+  ``stack.transports`` for its protocol says it ``owns`` the flow, or an echo listener has its
+  identifier), as Linux, which updates the PMTU through the socket the error is about: otherwise
+  anyone who can guess our address could shrink our packets to 552 bytes for ten minutes. The
+  next-hop MTU is believed from 68 up (RFC 791's minimum: a smaller one is bogus and the error
+  is dropped), then clamped to ``ipv4.min_pmtu`` (552, as Linux); an MTU of 0 from a pre-RFC 1191
+  router is guessed from the plateau table.
 - source quench (RFC 6633), redirect (we are not a router with a table to fix), timestamps,
   router discovery: ignored and counted.
 
@@ -43,12 +50,14 @@ type/code                             errno            hard
 ====================================  ===============  =====
 
 Sending errors (:meth:`IcmpLayer.send_error`, own mode only) follows RFC 1122 3.2.2: never about
-an ICMP error (or unknown ICMP type), a datagram sent to a broadcast or multicast address, a
-non-initial fragment, or a datagram whose source is not a unicast host (0/8, 127/8, multicast,
-class E, broadcast). The error quotes as much of the datagram as keeps it within 576 bytes and is
-rate limited like Linux: a global token bucket (``error_rate``/s, burst ``error_burst``) and one
-per destination (``error_rate_per_dest``/s, burst ``error_burst_per_dest``); errors to ourselves
-are not limited. Suppressed errors are counted as ``error_suppressed.<reason>``.
+an ICMP error (or unknown ICMP type), a datagram sent to a broadcast or multicast address or
+received in a link-layer broadcast/multicast frame (``stack.ethernet.rx_link_broadcast``; Linux
+answers only ``PACKET_HOST`` frames), a non-initial fragment, or a datagram whose source is not
+a unicast host (0/8, 127/8, multicast, class E, broadcast). The error quotes as much of the
+datagram as keeps it within 576 bytes and is rate limited like Linux: a global token bucket
+(``error_rate``/s, burst ``error_burst``) and one per destination (``error_rate_per_dest``/s,
+burst ``error_burst_per_dest``); errors to ourselves are not limited. Suppressed errors are
+counted as ``error_suppressed.<reason>``.
 """
 from __future__ import annotations
 
@@ -91,7 +100,7 @@ class IcmpError:
     errno: int  # the errno a socket reports (RFC 1122 / Linux icmp_err_convert mapping)
     hard: bool  # hard errors abort a connection attempt; soft ones are only remembered
     origin: bytes  # 4-byte address of the host/router that reported it
-    mtu: int | None = None  # next-hop MTU for "fragmentation needed"
+    mtu: int | None = None  # "fragmentation needed": the path MTU now in effect to the destination
 
 
 ErrorHandler = Callable[[IcmpError, IPv4Header, bytes], Any]
@@ -107,6 +116,7 @@ UNREACH_ERRORS: tuple[tuple[int, bool], ...] = (
 
 # RFC 1191 section 7: common MTUs, to guess a path MTU from a "fragmentation needed" without one.
 MTU_PLATEAUS = (32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
+MIN_MTU = 68  # RFC 791: every link carries 68-byte datagrams; a smaller next-hop MTU is bogus
 NR_ICMP_TYPES = 18  # types above this are unknown to Linux: never answered with an error
 
 
@@ -204,7 +214,7 @@ class IcmpLayer:
             return
         reply = build_icmp(ECHO_REPLY, 0, msg.rest, msg.data)
         try:
-            self.stack.ipv4.send(ip_header.src, PROTO_ICMP, reply, tos=ip_header.tos)
+            self.stack.ipv4.send(ip_header.src, PROTO_ICMP, reply, tos=ip_header.tos, df=False)
         except OSError:
             self.c["drop.reply_unroutable"] += 1
             return
@@ -229,19 +239,50 @@ class IcmpLayer:
         if quoted.src != self.stack.config.address:
             c["drop.quote_not_ours"] += 1
             return
-        mtu = None
-        if msg.type == DEST_UNREACH and msg.code == FRAG_NEEDED:
-            reported = msg.mtu or self.plateau_below(quoted.total_length)
-            mtu = self.stack.ipv4.update_pmtu(quoted.dst, reported)
         if quoted.frag_offset:
             c["drop.quote_fragment"] += 1  # no transport header to find the owner with
             return
+        mtu = None
+        if msg.type == DEST_UNREACH and msg.code == FRAG_NEEDED:
+            mtu = self.frag_needed(quoted, l4, msg.mtu)
+            if mtu is None:
+                return
         error = self.make_error(msg.type, msg.code, origin=ip_header.src, mtu=mtu)
         if error is None:
             c["drop.bad_code"] += 1
             return
         c["rx_error"] += 1
         self.deliver_error(error, quoted, l4)
+
+    def frag_needed(self, quoted: IPv4Header, l4: bytes, reported: int) -> int | None:
+        """Apply a "fragmentation needed" about ``quoted`` reporting next-hop MTU ``reported``:
+        lower the path MTU if the flow is ours (RFC 1191 rules, see the module docstring).
+        Return the path MTU now in effect, or ``None`` when the message is bogus (dropped)."""
+        ipv4 = self.stack.ipv4
+        if reported == 0:
+            reported = self.plateau_below(quoted.total_length)
+        elif reported < MIN_MTU:
+            self.c["drop.frag_needed_bad_mtu"] += 1
+            return None
+        if not self.owns_quoted(quoted, l4):
+            self.c["pmtu_ignored.not_owned"] += 1
+            return ipv4.path_mtu(quoted.dst)
+        return ipv4.update_pmtu(quoted.dst, reported)
+
+    def owns_quoted(self, quoted: IPv4Header, l4: bytes) -> bool:
+        """Whether the datagram quoted by an error belongs to a local endpoint: the transport
+        registered in ``stack.transports`` for its protocol ``owns(local_port, remote_ip,
+        remote_port)`` it, or it is an echo request of a registered echo listener."""
+        if quoted.frag_offset or len(l4) < 4:
+            return False
+        if quoted.proto == PROTO_ICMP:
+            ident = int.from_bytes(l4[4:6], "big")
+            return len(l4) >= 8 and l4[0] == ECHO_REQUEST and ident in self.echo_listeners
+        layer = getattr(self.stack, "transports", {}).get(quoted.proto)
+        if layer is None:
+            return False
+        sport, dport = int.from_bytes(l4[0:2], "big"), int.from_bytes(l4[2:4], "big")
+        return bool(layer.owns(sport, quoted.dst, dport))
 
     @staticmethod
     def plateau_below(size: int) -> int:
@@ -299,6 +340,8 @@ class IcmpLayer:
             return "icmp_error"
         if ipv4.is_broadcast(offending.dst) or ipv4.is_multicast(offending.dst):
             return "broadcast"
+        if getattr(self.stack.ethernet, "rx_link_broadcast", False):
+            return "link_broadcast"
         src = offending.src
         if src[0] == 0 or src[0] == 127 or src[0] >= 224 or ipv4.is_broadcast(src):
             return "bad_source"

@@ -2,13 +2,17 @@
 
 Receive (:meth:`IPv4Layer.receive`): parse and validate (drops counted as ``drop.<reason>``),
 accept only datagrams for us (our address, the limited broadcast, our subnet's broadcast: no
-forwarding), drop martian sources, skip options, reassemble fragments, then hand
-``(header, payload, csum_ok)`` to the handler registered for the protocol. A protocol without a
-handler gets an ICMP protocol unreachable (own mode).
+forwarding), drop martians (sources no host may use; loopback and 0.0.0.0/8 destinations, which
+never travel on a wire), skip options, reassemble fragments, then hand ``(header, payload,
+csum_ok)`` to the handler registered for the protocol. A protocol without a handler gets an ICMP
+protocol unreachable (own mode).
 
-Send (:meth:`IPv4Layer.send`): route (on-link, else the gateway, else ``ENETUNREACH``), pick an
-identification, fragment over the path MTU, and give each packet to ``stack.arp.output``.
-Datagrams to our own address are looped back to the receive path on a zero-delay timer.
+Send (:meth:`IPv4Layer.send`): refuse loopback (127.0.0.0/8) and "this network" (0.0.0.0/8)
+destinations with ``OSError(ENETUNREACH)`` (RFC 1122 3.2.1.3: they must never leave a host; the
+socket facade hands loopback traffic to the kernel), route (on-link, else the gateway, else
+``ENETUNREACH``), pick an identification, fragment over the path MTU, and give each packet to
+``stack.arp.output``. Datagrams to our own address are looped back to the receive path on a
+zero-delay timer.
 
 Policies and limits are class attributes, so a subclass or an instance can change them:
 
@@ -19,18 +23,47 @@ Policies and limits are class attributes, so a subclass or an instance can chang
   forgotten), each starting at a random value from ``stack.rng``. Unpredictable to off-path
   hosts, unique per destination for 65536 datagrams (RFC 6864), and no global counter that
   would let a third party count our traffic (idle scans).
-- Path MTU: "fragmentation needed" errors lower a per-destination MTU (:meth:`update_pmtu`,
-  never below ``min_pmtu`` = 552 as Linux, forgotten after ``pmtu_expires`` = 600 s).
-- Reassembly: fragments are keyed by (src, dst, proto, ident) and may arrive in any order;
-  exact duplicates are accepted. Overlaps whose bytes differ follow ``overlap_policy``:
-  ``"drop"`` (default; RFC 5722's spirit, what Linux does): the whole datagram is discarded,
-  and later fragments of it too until its timeout; ``"first"``: bytes received first win;
-  ``"last"``: bytes received last win. A datagram not complete ``reasm_timeout`` (30 s) after
-  its first fragment arrived is dropped, with ICMP time exceeded (fragment reassembly) if its
-  first fragment was received (own mode). Memory is bounded: a fragment reaching beyond 65535
-  bytes is dropped; a datagram may hold ``max_fragments`` pieces; at most
-  ``max_reassemblies`` datagrams and ``max_reasm_bytes`` bytes (each piece charged
-  ``frag_overhead`` extra) are buffered, the oldest reassembly evicted beyond that.
+- Path MTU: "fragmentation needed" errors about our own flows lower a per-destination MTU
+  (:meth:`update_pmtu`, never below ``min_pmtu`` = 552 as Linux, forgotten after
+  ``pmtu_expires`` = 600 s); :mod:`usocket.proto.icmp` decides which errors are believed.
+- Link-layer broadcast: while a datagram is handled, ``stack.ethernet.rx_link_broadcast`` says
+  whether its frame went to a group MAC address (ICMP reads it: no error is ever sent about such
+  a frame, RFC 1122 3.2.2). A reassembled datagram counts as received the way its first fragment
+  was, as in Linux (the reassembled skb is the first fragment's), and so does the time exceeded
+  sent when it expires. ``drop_unicast_in_l2_multicast`` (off by default, like the Linux sysctl
+  of that name) drops unicast-IP datagrams that came in such frames (RFC 1122 3.3.6's SHOULD).
+
+Reassembly. Fragments are keyed by (src, dst, proto, ident) and may arrive in any order.
+Overlaps follow ``overlap_policy``:
+
+- ``"linux"`` (default): exactly Linux's rules since 2018 (``inet_frag_queue_insert``: RFC 5722
+  as amended by erratum 3089, applied to IPv4 too; ``tests/test_ipv4.py`` compares hundreds of
+  fragment sequences with what the running kernel delivers). Received data is held as *runs*: a fragment
+  starting exactly where the highest run ends extends that run, any other new fragment starts a
+  run of its own (adjacent runs are never merged). A fragment lying entirely within one run is a
+  duplicate and ignored whatever its bytes (``rx_frag_duplicate``); one touching received data
+  in any other way (a partial overlap, or spanning two runs even if they are adjacent) discards
+  the whole datagram (``drop.frag_overlap``). As in Linux, a discarded datagram is forgotten:
+  later fragments with its key start a new reassembly, which normally times out.
+- ``"first"`` / ``"last"``, for testing tools (mimicking other stacks, evasion studies):
+  overlaps are merged, the bytes received first (``"first"``) or last (``"last"``) winning.
+
+A fragment contradicting the datagram's known end discards the datagram (as Linux), and so does
+one more piece than ``max_fragments`` (256; a cap Linux does not have: 65535 bytes over a 576-byte
+MTU are 118 fragments). A datagram not complete ``reasm_timeout`` (30 s) after its first fragment
+arrived is dropped, with an ICMP time exceeded (fragment reassembly) if its first fragment was
+received (own mode). A fragment reaching beyond 65535 bytes is dropped.
+
+Reassembly memory, Linux's policy (since 4.17, 2018): each held fragment is charged its payload plus
+``frag_overhead`` (256 bytes, standing for the skb truesize overhead Linux charges, and for our
+own objects); each reassembly ``queue_overhead`` plus the copy of its first fragment's start kept
+for the time exceeded. While the total charge is above ``max_reasm_bytes`` (4 MiB, Linux's
+``ipfrag_high_thresh``) every fragment is refused (``drop.reasm_mem_full``), so no reassembly
+starts or grows until completions or the 30 s timeout free memory; ``max_reassemblies`` (8192)
+is a backstop on their number, beyond which new ones are refused too (``drop.reasm_too_many``).
+Nothing is ever evicted to make room: a datagram half-way through cannot be destroyed by a flood
+of one-fragment datagrams (it used to take 64 of them); stalling reassembly takes one charge of
+about 4 MiB (some 8000 tiny fragments) renewed every 30 s, the price Linux puts on it.
 """
 from __future__ import annotations
 
@@ -59,10 +92,15 @@ if TYPE_CHECKING:
 ETHERTYPE_IPV4 = 0x0800
 Handler = Callable[[IPv4Header, bytes, bool], Any]
 
-OVERLAP_DROP = "drop"
+OVERLAP_LINUX = "linux"
 OVERLAP_FIRST = "first"
 OVERLAP_LAST = "last"
-OVERLAP_POLICIES = (OVERLAP_DROP, OVERLAP_FIRST, OVERLAP_LAST)
+OVERLAP_POLICIES = (OVERLAP_LINUX, OVERLAP_FIRST, OVERLAP_LAST)
+
+# What Reassembly.add did with a fragment (Linux's IPFRAG_OK / IPFRAG_DUP / IPFRAG_OVERLAP).
+FRAG_OK = 0
+FRAG_DUP = 1
+FRAG_OVERLAP = 2
 
 
 def _oserror(code: int, detail: str = "") -> OSError:
@@ -80,45 +118,84 @@ class Fragment(NamedTuple):
 
 
 class Reassembly:
-    """One datagram being reassembled: non-overlapping pieces sorted by offset.
+    """One datagram being reassembled: disjoint pieces of payload sorted by offset.
 
-    ``add`` merges a fragment according to an overlap policy; it returns ``False`` when bytes
-    differ in an overlap under the ``"drop"`` policy (the caller then discards the datagram).
+    Under the ``"linux"`` policy the pieces are the fragments as received and ``run_starts`` /
+    ``run_ends`` delimit the runs they form (see the module docstring); under ``"first"`` /
+    ``"last"`` the pieces are what is left of each fragment after merging. :meth:`add` returns
+    ``FRAG_OK``, ``FRAG_DUP`` (nothing new: the fragment is ignored) or ``FRAG_OVERLAP`` (the
+    caller discards the datagram).
     """
 
-    __slots__ = ("key", "starts", "chunks", "received", "total", "first", "first_packet",
-                 "deadline", "dead", "cost")
+    __slots__ = ("key", "starts", "chunks", "run_starts", "run_ends", "received", "total", "first",
+                 "first_packet", "first_link_broadcast", "deadline", "cost")
 
     def __init__(self, key: tuple[bytes, bytes, int, int]) -> None:
         self.key = key
         self.starts: list[int] = []  # offsets of the pieces, ascending
         self.chunks: list[bytes] = []  # their bytes
-        self.received = 0  # payload bytes held (no overlaps, so coverage)
+        self.run_starts: list[int] = []  # "linux": where each run starts, ascending
+        self.run_ends: list[int] = []  # ... and ends
+        self.received = 0  # payload bytes held (pieces are disjoint, so coverage)
         self.total: int | None = None  # payload length, known once the last fragment came
         self.first: IPv4Header | None = None  # header of the offset-0 fragment
         self.first_packet = b""  # its start (header + data), quoted by a time exceeded
+        self.first_link_broadcast = False  # whether the offset-0 fragment came by link broadcast
         self.deadline = 0.0  # when it is given up (first fragment's arrival + timeout)
-        self.dead = False  # discarded after a conflicting overlap: later fragments dropped
-        self.cost = 0  # bytes charged against the layer's memory cap
+        self.cost = 0  # bytes charged against the layer's memory threshold
 
-    def add(self, offset: int, data: bytes, policy: str) -> bool:
+    def add(self, offset: int, data: bytes, policy: str) -> int:
+        """Add a fragment's payload at ``offset`` under overlap ``policy``."""
+        if policy == OVERLAP_LINUX:
+            return self.add_linux(offset, data)
+        if policy == OVERLAP_FIRST or policy == OVERLAP_LAST:
+            return self.add_merge(offset, data, last_wins=policy == OVERLAP_LAST)
+        raise ValueError(f"unknown overlap policy {policy!r}, not one of {OVERLAP_POLICIES}")
+
+    def add_linux(self, offset: int, data: bytes) -> int:
+        """Linux ``inet_frag_queue_insert``: runs, duplicates ignored, any other overlap fatal."""
+        rs, re_ = self.run_starts, self.run_ends
+        end = offset + len(data)
+        if not rs:
+            rs.append(offset)
+            re_.append(end)
+        elif end > re_[-1]:  # the common case: beyond everything held
+            if offset < re_[-1]:
+                return FRAG_OVERLAP
+            if offset == re_[-1]:
+                re_[-1] = end  # extends the last run
+            else:
+                rs.append(offset)
+                re_.append(end)
+        else:
+            i = bisect_right(rs, offset) - 1  # the run starting at or before offset
+            if i >= 0 and offset < re_[i]:  # starts inside run i
+                return FRAG_DUP if end <= re_[i] else FRAG_OVERLAP
+            i += 1
+            if i < len(rs) and rs[i] < end:  # reaches into the next run
+                return FRAG_OVERLAP
+            rs.insert(i, offset)  # a run of its own, even if adjacent to others
+            re_.insert(i, end)
+        j = bisect_right(self.starts, offset)
+        self.starts.insert(j, offset)
+        self.chunks.insert(j, data)
+        self.received += len(data)
+        return FRAG_OK
+
+    def add_merge(self, offset: int, data: bytes, last_wins: bool) -> int:
+        """Merge overlaps: held bytes win (``last_wins=False``) or the new ones do."""
         starts, chunks = self.starts, self.chunks
         end = offset + len(data)
         lo = bisect_right(starts, offset) - 1
         if lo < 0 or starts[lo] + len(chunks[lo]) <= offset:
             lo += 1
         hi = bisect_left(starts, end)
-        conflict = False
-        for j in range(lo, hi):
-            s, c = starts[j], chunks[j]
-            a, b = max(s, offset), min(s + len(c), end)
-            if c[a - s:b - s] != data[a - offset:b - offset]:
-                conflict = True
-                break
-        if conflict and policy == OVERLAP_DROP:
-            return False
         new: list[tuple[int, bytes]] = []
-        if conflict and policy == OVERLAP_LAST:
+        replace = last_wins and any(
+            chunks[j][max(starts[j], offset) - starts[j]:min(starts[j] + len(chunks[j]), end) - starts[j]]
+            != data[max(starts[j], offset) - offset:min(starts[j] + len(chunks[j]), end) - offset]
+            for j in range(lo, hi))
+        if replace:
             # The new bytes replace whatever they overlap; keep the remnants either side.
             if starts[lo] < offset:
                 new.append((starts[lo], chunks[lo][:offset - starts[lo]]))
@@ -137,11 +214,13 @@ class Reassembly:
                 pos = max(pos, s + len(chunks[j]))
             if pos < end:
                 new.append((pos, data[pos - offset:]))
-        removed = chunks[lo:hi]
-        self.received += sum(len(c) for _, c in new) - sum(len(c) for c in removed)
+        added = sum(len(c) for _, c in new) - sum(len(c) for c in chunks[lo:hi])
+        if not added and not replace:
+            return FRAG_DUP
+        self.received += added
         starts[lo:hi] = [s for s, _ in new]
         chunks[lo:hi] = [c for _, c in new]
-        return True
+        return FRAG_OK
 
     @property
     def end(self) -> int:
@@ -160,12 +239,14 @@ class IPv4Layer:
     """IPv4 for a host. Counters: layer ``"ipv4"``."""
 
     name = "ipv4"
-    overlap_policy = OVERLAP_DROP
+    overlap_policy = OVERLAP_LINUX
     reasm_timeout = 30.0
-    max_reassemblies = 64
-    max_reasm_bytes = 4 * 1024 * 1024
+    max_reasm_bytes = 4 * 1024 * 1024  # Linux ipfrag_high_thresh
+    frag_overhead = 256  # bytes charged per held fragment on top of its payload
+    queue_overhead = 256  # bytes charged per reassembly
+    max_reassemblies = 8192  # backstop on their number
     max_fragments = 256  # pieces per datagram: 65535 bytes over a 576-byte MTU is 118
-    frag_overhead = 64  # bytes charged per held piece (object overhead), so tiny pieces cost
+    drop_unicast_in_l2_multicast = False  # Linux sysctl net.ipv4.conf.*.drop_unicast_in_l2_multicast
     max_ident_peers = 1024
     min_pmtu = 552
     pmtu_expires = 600.0
@@ -220,6 +301,12 @@ class IPv4Layer:
     def is_multicast(addr: bytes) -> bool:
         return addr[0] & 0xF0 == 0xE0
 
+    @staticmethod
+    def is_martian_destination(addr: bytes) -> bool:
+        """Loopback (127.0.0.0/8) or "this network" (0.0.0.0/8): never on a wire (RFC 1122
+        3.2.1.3), neither sent nor accepted."""
+        return addr[0] == 127 or addr[0] == 0
+
     def is_martian_source(self, src: bytes, dst: bytes = b"") -> bool:
         """A source no host may use (RFC 1122 3.2.1.3, Linux ``martian_source``): this network
         (0/8, except 0.0.0.0 to the limited broadcast, as DHCP clients send), loopback, multicast,
@@ -252,17 +339,26 @@ class IPv4Layer:
             c["drop." + e.reason] += 1
             return
         if not self.accept_destination(hdr.dst):
-            c["drop.not_for_us"] += 1
+            c["drop.martian_destination" if self.is_martian_destination(hdr.dst) else "drop.not_for_us"] += 1
             return
         if not looped and self.is_martian_source(hdr.src, hdr.dst):
             c["drop.martian_source"] += 1
+            return
+        if (self.drop_unicast_in_l2_multicast and self.link_broadcast()
+                and hdr.dst == self.stack.config.address):
+            c["drop.unicast_in_l2_multicast"] += 1
             return
         if hdr.mf or hdr.frag_offset:
             done = self.reassemble(hdr, payload)
             if done is None:
                 return
-            hdr, payload = done
-            csum_ok = False  # a reassembled transport checksum was never checked by anyone
+            hdr, data, first_link_broadcast = done
+            # A reassembled transport checksum was never checked by anyone: csum_ok=False.
+            if first_link_broadcast != self.link_broadcast():
+                self.as_received(first_link_broadcast, self.deliver, hdr, data, False)
+            else:
+                self.deliver(hdr, data, False)
+            return
         self.deliver(hdr, payload if type(payload) is bytes else bytes(payload), csum_ok)
 
     def deliver(self, hdr: IPv4Header, payload: bytes, csum_ok: bool) -> None:
@@ -276,10 +372,27 @@ class IPv4Layer:
         self.c["delivered"] += 1
         handler(hdr, payload, csum_ok)
 
+    def link_broadcast(self) -> bool:
+        """Whether the frame being handled went to a link-layer broadcast/multicast address."""
+        return bool(getattr(self.stack.ethernet, "rx_link_broadcast", False))
+
+    def as_received(self, link_broadcast: bool, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` as if handling a frame that was (or was not) a link broadcast: for a
+        reassembled datagram (its first fragment's frame) and its time exceeded (from a timer)."""
+        eth = self.stack.ethernet
+        saved = getattr(eth, "rx_link_broadcast", False)
+        eth.rx_link_broadcast = link_broadcast
+        try:
+            fn(*args)
+        finally:
+            eth.rx_link_broadcast = saved
+
     # -- reassembly ----------------------------------------------------------------------------
     def reassemble(self, hdr: IPv4Header, payload: bytes | bytearray | memoryview
-                   ) -> tuple[IPv4Header, bytes] | None:
-        """Add one fragment; return the whole datagram when this one completed it."""
+                   ) -> tuple[IPv4Header, bytes, bool] | None:
+        """Add one fragment. When it completes its datagram, return ``(header, payload,
+        first_link_broadcast)``: the whole datagram, and whether its first fragment came in a
+        link-layer broadcast frame (the datagram is then handled as such, as in Linux)."""
         c = self.c
         c["fragments_rx"] += 1
         offset, n = hdr.frag_offset, len(payload)
@@ -293,43 +406,44 @@ class IPv4Layer:
         if end + hdr.header_len > MAX_DATAGRAM:
             c["drop.frag_too_big"] += 1
             return None
+        if self._reasm_bytes > self.max_reasm_bytes:  # Linux checks before even looking up
+            c["drop.reasm_mem_full"] += 1
+            return None
         key = (hdr.src, hdr.dst, hdr.proto, hdr.ident)
         r = self._reasm.get(key)
         if r is None:
-            while len(self._reasm) >= max(1, self.max_reassemblies):
-                self._evict_oldest()
+            if len(self._reasm) >= self.max_reassemblies:
+                c["drop.reasm_too_many"] += 1
+                return None
             r = self.new_reassembly(key)
-        if r.dead:
-            c["drop.frag_discarded_datagram"] += 1
-            return None
         if not hdr.mf:
             if (r.total is not None and r.total != end) or r.end > end:
                 c["drop.frag_inconsistent"] += 1
-                self._kill(r)
+                self._remove(r)
                 return None
             r.total = end
         elif r.total is not None and end > r.total:
             c["drop.frag_inconsistent"] += 1
-            self._kill(r)
+            self._remove(r)
             return None
         data = bytes(payload)
-        before_pieces, before_bytes = len(r.chunks), r.received
-        if not r.add(offset, data, self.overlap_policy):
+        result = r.add(offset, data, self.overlap_policy)
+        if result == FRAG_OVERLAP:
             c["drop.frag_overlap"] += 1
-            self._kill(r)
+            self._remove(r)
+            return None
+        if result == FRAG_DUP:
+            c["rx_frag_duplicate"] += 1  # never a new reassembly's first fragment: nothing to free
             return None
         if len(r.chunks) > self.max_fragments:
             c["drop.frag_too_many"] += 1
-            self._kill(r)
+            self._remove(r)
             return None
-        if r.received == before_bytes and len(r.chunks) == before_pieces:
-            c["rx_frag_duplicate"] += 1
         if offset == 0 and (r.first is None or self.overlap_policy == OVERLAP_LAST):
             r.first = hdr
             r.first_packet = hdr.raw + data[:576]
+            r.first_link_broadcast = self.link_broadcast()
         self._charge(r)
-        if self._reasm.get(r.key) is not r:  # evicted by the memory cap
-            return None
         if not r.complete:
             return None
         data, first = r.assemble(), r.first
@@ -341,7 +455,7 @@ class IPv4Layer:
             c["drop.frag_too_big"] += 1
             return None
         c["reassembled"] += 1
-        return full, data
+        return full, data, r.first_link_broadcast
 
     def new_reassembly(self, key: tuple[bytes, bytes, int, int]) -> Reassembly:
         r = Reassembly(key)
@@ -351,32 +465,22 @@ class IPv4Layer:
             self._reasm_timer = self.stack.timers.call_at(r.deadline, self._expire_due)
         return r
 
+    def reasm_cost(self, r: Reassembly) -> int:
+        """What ``r`` is charged against ``max_reasm_bytes`` (see the module docstring)."""
+        return self.queue_overhead + len(r.first_packet) + r.received + len(r.chunks) * self.frag_overhead
+
     def _charge(self, r: Reassembly) -> None:
-        cost = r.received + len(r.chunks) * self.frag_overhead
+        cost = self.reasm_cost(r)
         self._reasm_bytes += cost - r.cost
         r.cost = cost
-        while self._reasm_bytes > self.max_reasm_bytes and self._reasm:
-            self._evict_oldest()
-
-    def _release(self, r: Reassembly) -> None:
-        self._reasm_bytes -= r.cost
-        r.cost = 0
-        r.starts, r.chunks = [], []
 
     def _remove(self, r: Reassembly) -> None:
+        """Forget a reassembly (completed, discarded or expired) and free its charge."""
         if self._reasm.get(r.key) is r:
             del self._reasm[r.key]
-        self._release(r)
-
-    def _kill(self, r: Reassembly) -> None:
-        """Discard a datagram's bytes but remember it until its timeout, to drop its stragglers."""
-        r.dead = True
-        self._release(r)
-
-    def _evict_oldest(self) -> None:
-        r = next(iter(self._reasm.values()))
-        self.c["reasm_evicted"] += 1
-        self._remove(r)
+        self._reasm_bytes -= r.cost
+        r.cost = 0
+        r.starts, r.chunks, r.run_starts, r.run_ends = [], [], [], []
 
     def _expire_due(self) -> None:
         """The one reassembly timer: expire every datagram past its deadline, then re-arm for
@@ -393,15 +497,13 @@ class IPv4Layer:
 
     def _expire(self, r: Reassembly) -> None:
         self._remove(r)
-        if r.dead:
-            return
         self.c["reasm_timeout"] += 1
         if r.first is not None and self.stack.own_mode:
-            self.stack.icmp.send_error(11, 1, r.first_packet)
+            self.as_received(r.first_link_broadcast, self.stack.icmp.send_error, 11, 1, r.first_packet)
 
     @property
     def reassemblies(self) -> int:
-        """Datagrams currently being reassembled (or remembered as discarded)."""
+        """Datagrams currently being reassembled."""
         return len(self._reasm)
 
     @property
@@ -469,12 +571,16 @@ class IPv4Layer:
              df: bool | None = None, ident: int | None = None, frag_size: int | None = None) -> None:
         """Send one datagram of ``proto`` carrying ``payload`` to ``dst``.
 
-        Raises ``OSError(ENETUNREACH)`` (no route), ``OSError(EMSGSIZE)`` (over 65535 bytes, or
-        over the path MTU with ``df=True``). ``frag_size`` forces fragments carrying that many
-        payload bytes (a multiple of 8; a tool's knob), whatever the size of the datagram.
+        Raises ``OSError(ENETUNREACH)`` (no route, or a loopback / 0.0.0.0/8 destination, which
+        must never leave the host), ``OSError(EMSGSIZE)`` (over 65535 bytes, or over the path MTU
+        with ``df=True``). ``frag_size`` forces fragments carrying that many payload bytes (a
+        multiple of 8; a tool's knob), whatever the size of the datagram.
         """
         if len(dst) != 4:
             raise ValueError("IPv4 addresses are 4 bytes")
+        if self.is_martian_destination(dst):
+            self.c["drop.tx_martian_destination"] += 1
+            raise _oserror(errno.ENETUNREACH, "loopback and 0.0.0.0/8 never leave the host")
         cfg = self.stack.config
         next_hop = self.route(dst)
         plen = len(payload)
