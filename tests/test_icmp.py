@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+from fakes import RecordingStack
 from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror, defragment
 
 from usocket.config import SHARED, StackConfig
@@ -29,25 +30,8 @@ BCAST = bytes([10, 0, 0, 255])
 PROTO = 253
 
 
-class FakeArp:
-    def __init__(self, stack: Stack) -> None:
-        self.sent: list[tuple[bytes, int, bytes]] = []
-
-    def receive(self, payload: Any, csum_ok: bool) -> None:
-        pass
-
-    def output(self, next_hop: bytes, ethertype: int, payload: bytes) -> None:
-        self.sent.append((next_hop, ethertype, payload))
-
-
-class NullUdp:
-    def __init__(self, stack: Stack) -> None:
-        pass
-
-
-class LabStack(Stack):
-    arp_class = FakeArp  # type: ignore[assignment]
-    udp_class = NullUdp  # type: ignore[assignment]
+class LabStack(RecordingStack):
+    pass
 
 
 def make(**cfg: Any) -> LabStack:

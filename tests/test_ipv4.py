@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from fakes import FakeArp, NullUdp, RecordingStack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, defragment
@@ -31,28 +32,8 @@ BCAST = bytes([10, 0, 0, 255])
 PROTO = 253  # RFC 3692 experimental: our fake transport
 
 
-class FakeArp:
-    """Records what IPv4 hands to ARP instead of resolving anything."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.sent: list[tuple[bytes, int, bytes]] = []
-
-    def receive(self, payload: Any, csum_ok: bool) -> None:
-        pass
-
-    def output(self, next_hop: bytes, ethertype: int, payload: bytes) -> None:
-        self.sent.append((next_hop, ethertype, payload))
-
-
-class NullUdp:
-    def __init__(self, stack: Stack) -> None:
-        pass
-
-
-class LabStack(Stack):
-    arp_class = FakeArp  # type: ignore[assignment]
-    udp_class = NullUdp  # type: ignore[assignment]
+class LabStack(RecordingStack):
+    pass
 
 
 class Sink:

@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..core.ratelimit import TokenBucket
 from ..core.timers import Timer
 from ..wire import MalformedError
 from ..wire.addr import ANY_IP, BROADCAST_IP, ZERO_MAC, prefix_mask, same_subnet
@@ -138,8 +139,7 @@ class ArpLayer:
         self._cache: dict[bytes, _Entry] = {}
         self._pending_bytes = 0  # bytes queued for resolution, all entries
         self._gc_timer: Timer | None = None
-        self._tokens = float(self.request_burst)
-        self._tokens_at = stack.now
+        self._bucket = TokenBucket(self.request_burst, stack.now)
         self._last_defend = float("-inf")
         stack.ethernet.register(ETHERTYPE_ARP, self.receive)
 
@@ -315,14 +315,7 @@ class ArpLayer:
         return True
 
     def _take_token(self) -> bool:
-        now = self.stack.now
-        self._tokens = min(float(self.request_burst),
-                           self._tokens + max(0.0, now - self._tokens_at) * self.request_rate)
-        self._tokens_at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        return self._bucket.take(self.stack.now, self.request_rate, self.request_burst)
 
     # ==================================================================== input
     def receive(self, payload: Payload, csum_ok: bool) -> None:

@@ -66,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.ratelimit import TokenBucket
 from ..wire import MalformedError
 from ..wire.icmp import (
     DEST_UNREACH,
@@ -118,25 +119,6 @@ UNREACH_ERRORS: tuple[tuple[int, bool], ...] = (
 MTU_PLATEAUS = (32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
 MIN_MTU = 68  # RFC 791: every link carries 68-byte datagrams; a smaller next-hop MTU is bogus
 NR_ICMP_TYPES = 18  # types above this are unknown to Linux: never answered with an error
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; rate and burst are passed on each call so
-    the owner's (overridable) attributes are always the ones in force."""
-
-    __slots__ = ("tokens", "last")
-
-    def __init__(self, burst: float, now: float) -> None:
-        self.tokens = float(burst)
-        self.last = now
-
-    def take(self, now: float, rate: float, burst: float) -> bool:
-        self.tokens = min(float(burst), self.tokens + max(0.0, now - self.last) * rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class IcmpLayer:
