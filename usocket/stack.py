@@ -94,7 +94,7 @@ class Stack:
         self._post_init()
 
     def _post_init(self) -> None:
-        """Hook for subclasses adding layers (TCP, DNS) after the base ones exist."""
+        """Hook for subclasses adding layers (e.g. TCP) after the base ones exist."""
 
     # -- properties every layer uses ---------------------------------------------------------
     @property
@@ -152,9 +152,7 @@ class Stack:
                 hook = getattr(ep, "on_shutdown", None)
                 if hook is not None:
                     hook()
-        close = getattr(self.ports, "close", None)
-        if close is not None:
-            close()
+        self.ports.close()
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         return self.timers.call_at(self.now + delay, callback, *args)

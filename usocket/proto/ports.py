@@ -39,3 +39,6 @@ class PortAllocator:
 
     def release(self, proto: int, port: int) -> None:
         """Give a port back once the layer no longer uses it."""
+
+    def close(self) -> None:
+        """Give back everything taken from the outside world (the stack is shutting down)."""
