@@ -27,6 +27,8 @@ good or not computed yet, e.g. a locally generated packet with checksum offload)
   ``icmp.register_error_handler(proto, fn)`` with ``fn(error, ip_header_of_offending,
   offending_l4_bytes)`` where ``error`` is an :class:`usocket.proto.icmp.IcmpError`.
 - ``udp.receive(ip_header, payload, csum_ok)``; endpoints via ``udp.open()``.
+- ``tcp.receive(ip_header, payload, csum_ok)``; connections via ``tcp.open()`` (see
+  :mod:`usocket.proto.tcp.layer`).
 - ``dns.resolve(name, callback)`` / ``dns.resolve_ptr(ip, callback)``: the stub resolver, over UDP.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .proto.ethernet import EthernetLayer
 from .proto.icmp import IcmpLayer
 from .proto.ipv4 import IPv4Layer
 from .proto.ports import PortAllocator
+from .proto.tcp.layer import TcpLayer
 from .proto.udp import UdpLayer
 
 
@@ -69,6 +72,7 @@ class Stack:
     ipv4_class = IPv4Layer
     icmp_class = IcmpLayer
     udp_class = UdpLayer
+    tcp_class = TcpLayer
     dns_class = Resolver
 
     def __init__(self, config: StackConfig, *, rng: random.Random | None = None,
@@ -87,10 +91,11 @@ class Stack:
         self.ipv4 = self.ipv4_class(self)
         self.icmp = self.icmp_class(self)
         self.udp = self.udp_class(self)
+        self.tcp = self.tcp_class(self)
         self.dns = self.dns_class(self)
         # Transport layers by IP protocol number, asked (``owns()``) by the diversion who owns a
         # packet and by ICMP whether a quoted flow is ours before it lowers a path MTU.
-        self.transports: dict[int, Any] = {17: self.udp}
+        self.transports: dict[int, Any] = {17: self.udp, 6: self.tcp}
         self._post_init()
 
     def _post_init(self) -> None:

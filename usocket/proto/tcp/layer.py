@@ -1,0 +1,520 @@
+"""The TCP layer: connections and listeners bound to the stack (demultiplexing, ports, RSTs,
+ICMP errors, timers, ACK coalescing, the diversion hooks).
+
+Users (and the socket facade) work with :class:`~.connection.TcpConnection` objects:
+
+    conn = stack.tcp.open()                  # CLOSED, unbound; or open(MyConnection)
+    stack.tcp.bind(conn, ip, port)           # optional
+    stack.tcp.connect(conn, ip, port)        # active open, or:
+    stack.tcp.listen(conn, backlog)          # passive open; stack.tcp.accept(conn) -> child
+    conn.send(data) / conn.recv(n) / conn.shutdown(how) / conn.close()
+
+Everything runs on the stack thread. The connection reports through its ``on_*`` hooks.
+
+Rules, as Linux applies them:
+
+- ``bind`` accepts ``0.0.0.0`` or the stack's address (else EADDRNOTAVAIL); port 0 picks an
+  ephemeral port; two sockets conflict on a port when their addresses overlap unless both set
+  SO_REUSEADDR and neither listens, or both set SO_REUSEPORT. Connections in TIME_WAIT block a
+  port only for binders without SO_REUSEADDR. Accepted connections hold their listener's port.
+- ``listen``: the accept queue holds ``backlog + 1`` established connections (Linux's
+  ``sk_acceptq_is_full``); when it is full new SYNs are dropped, and a handshake-completing ACK
+  is dropped too (the SYN-ACK is retried, so the client gets in once there is room). The SYN
+  queue holds ``max(backlog, 8)`` (at most ``max_syn_backlog``) half-open connections; no
+  SYN cookies.
+- A segment for no connection or listener is answered with a RST (RFC 9293 3.10.7.1) in own
+  mode; in shared mode the host kernel owns that answer.
+- A SYN to a connection in TIME_WAIT opens a new connection when its sequence number is above
+  the old RCV.NXT or its timestamp is newer (RFC 6191, Linux tcp_timewait_state_process).
+- ICMP errors are matched to a connection by the quoted 4-tuple and sequence number, which must
+  lie in SND.UNA..SND.NXT (RFC 5927 4.1).
+
+Diversion: each connection with a 4-tuple opens a flow ``(6, port, (ip, port))`` with
+``stack.flows`` when it is created (actively) or established (passively), a listener opens
+``(6, port, None)``; flows close when the connection is gone (after TIME_WAIT).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+from ...wire import MalformedError
+from ...wire.addr import ANY_IP
+from ...wire.tcp import ACK, FIN, PROTO_TCP, RST, SYN, Segment, TcpTemplate, build_tcp, parse_tcp
+from .config import TcpConfig
+from .connection import CLOSED, LISTEN, SYN_SENT, TIME_WAIT, TcpConnection, TcpState
+from .isn import IsnGenerator
+from .seq import seq_diff, to_offset
+
+if TYPE_CHECKING:
+    from ...proto.icmp import IcmpError
+    from ...stack import Stack
+    from ...wire.ipv4 import IPv4Header
+
+_SEQ = struct.Struct("!HHI")
+_FLOW_OPEN = "_usocket_flow"
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class TcpLayer:
+    """TCP over the stack's IPv4 layer. See the module docstring."""
+
+    connection_class = TcpConnection
+    isn_class = IsnGenerator
+
+    def __init__(self, stack: Stack, config: TcpConfig | None = None) -> None:
+        self.stack = stack
+        self.config = config if config is not None else TcpConfig()
+        self.c = stack.counters.layer("tcp")
+        self.isn = self.isn_class()
+        # (local port, remote ip, remote port) -> connection (SYN_RECEIVED children included)
+        self.conns: dict[tuple[int, bytes, int], TcpConnection] = {}
+        self.listeners: dict[int, list[TcpConnection]] = {}
+        # port -> connections holding it (bind conflicts); port -> users (claim/release)
+        self.bound: dict[int, list[TcpConnection]] = {}
+        self._acks: list[TcpConnection] = []
+        self._ack_timer: Any = None
+        self._challenge_window = -1.0
+        self._challenge_count = 0
+        stack.ipv4.register(PROTO_TCP, self.receive)
+        stack.icmp.register_error_handler(PROTO_TCP, self.icmp_error)
+
+    # ===================================================================== lifecycle
+    def open(self, cls: type[TcpConnection] | None = None, *args: Any, **kw: Any) -> TcpConnection:
+        """A new CLOSED connection: ``cls(self, *args, **kw)`` (default :attr:`connection_class`)."""
+        return (cls or self.connection_class)(self, *args, **kw)
+
+    def endpoints(self) -> list[TcpConnection]:
+        seen: dict[int, TcpConnection] = {}
+        for bucket in self.bound.values():
+            for conn in bucket:
+                seen[id(conn)] = conn
+        for conn in self.conns.values():
+            seen[id(conn)] = conn
+        return list(seen.values())
+
+    def connections(self) -> list[TcpConnection]:
+        """Every connection and listener the layer knows (for netstat-like views)."""
+        return self.endpoints()
+
+    # -- ports --------------------------------------------------------------------------------
+    def _conflicts(self, conn: TcpConnection, ip: bytes, port: int) -> bool:
+        for other in self.bound.get(port, ()):
+            if other is conn:
+                continue
+            if ip != ANY_IP and other.local_ip != ANY_IP and ip != other.local_ip:
+                continue
+            if other.state == TIME_WAIT or (other.orphan and other.state != LISTEN):
+                if conn.reuse_addr:
+                    continue
+                return True
+            if conn.reuse_addr and other.reuse_addr and other.state != LISTEN and conn.state != LISTEN:
+                continue
+            if conn.reuse_port and other.reuse_port:
+                continue
+            return True
+        return False
+
+    def _hold_port(self, conn: TcpConnection, ip: bytes, port: int, explicit: bool) -> None:
+        ports = self.stack.ports
+        if port == 0:
+            port = ports.allocate(PROTO_TCP, lambda p: p in self.bound)
+        else:
+            if self._conflicts(conn, ip, port):
+                raise _err(errno.EADDRINUSE)
+            if port not in self.bound and not ports.claim(PROTO_TCP, port, explicit=explicit):
+                raise _err(errno.EADDRINUSE)
+        conn.local_ip, conn.local_port = ip, port
+        self.bound.setdefault(port, []).append(conn)
+
+    def _drop_port(self, conn: TcpConnection) -> None:
+        port = conn.local_port
+        bucket = self.bound.get(port)
+        if bucket is not None and conn in bucket:
+            bucket.remove(conn)
+            if not bucket:
+                del self.bound[port]
+                self.stack.ports.release(PROTO_TCP, port)
+
+    def local_address_ok(self, ip: bytes) -> bool:
+        return ip == ANY_IP or ip == self.stack.config.address
+
+    def bind(self, conn: TcpConnection, ip: bytes, port: int) -> None:
+        """``bind((ip, port))``."""
+        if not 0 <= port <= 0xFFFF:
+            raise OverflowError("bind(): port must be 0-65535.")
+        if conn.local_port or conn.state != CLOSED or conn.remote_ip is not None:
+            raise _err(errno.EINVAL)
+        if not self.local_address_ok(ip):
+            raise _err(errno.EADDRNOTAVAIL)
+        self._hold_port(conn, ip, port, explicit=True)
+        self.c["bind"] += 1
+
+    def connect(self, conn: TcpConnection, ip: bytes, port: int) -> None:
+        """Active open: autobind, SYN. Errors arrive later through the connection."""
+        state = conn.state
+        if state == SYN_SENT:
+            raise _err(errno.EALREADY)
+        if state == LISTEN:
+            raise _err(errno.EISCONN)
+        if state != CLOSED:
+            raise _err(errno.EISCONN)
+        if conn.remote_ip is not None:
+            raise _err(errno.EISCONN if not conn.error and not conn.reset else errno.EBADF)
+        if not 0 <= port <= 0xFFFF:
+            raise OverflowError("connect(): port must be 0-65535.")
+        if port == 0 or ip == ANY_IP or ip[0] >= 224:
+            raise _err(errno.ECONNREFUSED if port == 0 or ip == ANY_IP else errno.ENETUNREACH)
+        self.stack.ipv4.route(ip)  # ENETUNREACH now, like connect()
+        fresh_port = not conn.local_port
+        if fresh_port:
+            self._hold_port(conn, ANY_IP, 0, explicit=False)
+        key = (conn.local_port, ip, port)
+        if key in self.conns:
+            if fresh_port:
+                self._drop_port(conn)
+                conn.local_port = 0
+            raise _err(errno.EADDRNOTAVAIL)
+        try:
+            self.stack.flows.flow_opened(PROTO_TCP, conn.local_port, (ip, port))
+        except BaseException:
+            if fresh_port:
+                self._drop_port(conn)
+                conn.local_port = 0
+            raise
+        setattr(conn, _FLOW_OPEN, True)
+        if conn.local_ip == ANY_IP:
+            conn.local_ip = self.stack.config.address
+        conn.remote_ip, conn.remote_port = ip, port
+        conn.template = TcpTemplate(conn.local_ip, ip, conn.local_port, port)
+        self.conns[key] = conn
+        self.c["active_open"] += 1
+        conn.open_active()
+
+    def listen(self, conn: TcpConnection, backlog: int = 128) -> None:
+        """Passive open (``listen(backlog)``); calling it again only changes the backlog."""
+        backlog = max(0, min(int(backlog), self.config.somaxconn))
+        if conn.state == LISTEN:
+            conn.backlog = backlog
+            return
+        if conn.state != CLOSED or conn.remote_ip is not None:
+            raise _err(errno.EINVAL)
+        if not conn.local_port:
+            self._hold_port(conn, ANY_IP, 0, explicit=False)
+        elif self._conflicts_listen(conn):
+            raise _err(errno.EADDRINUSE)
+        self.stack.flows.flow_opened(PROTO_TCP, conn.local_port, None)
+        setattr(conn, _FLOW_OPEN, True)
+        conn.state = LISTEN
+        conn.backlog = backlog
+        self.listeners.setdefault(conn.local_port, []).insert(0, conn)
+        self.c["listen"] += 1
+
+    def _conflicts_listen(self, conn: TcpConnection) -> bool:
+        """Linux refuses ``listen`` when another socket on the port listens on an overlapping
+        address (SO_REUSEADDR does not help; SO_REUSEPORT on both does)."""
+        for other in self.listeners.get(conn.local_port, ()):
+            if other is conn:
+                continue
+            if conn.local_ip != ANY_IP and other.local_ip != ANY_IP and conn.local_ip != other.local_ip:
+                continue
+            if conn.reuse_port and other.reuse_port:
+                continue
+            return True
+        return False
+
+    def accept(self, listener: TcpConnection) -> TcpConnection | None:
+        """The oldest established connection of ``listener``'s queue, or None."""
+        if listener.state != LISTEN:
+            raise _err(errno.EINVAL)
+        while listener.accept_queue:
+            child = listener.accept_queue.popleft()
+            child.parent = None
+            self.c["accept"] += 1
+            return child
+        return None
+
+    def close(self, conn: TcpConnection) -> None:
+        """Close a listener or an unconnected socket; connections use ``conn.close()``. At
+        stack shutdown this aborts live connections (RST)."""
+        state = conn.state
+        if state == LISTEN:
+            bucket = self.listeners.get(conn.local_port)
+            if bucket is not None and conn in bucket:
+                bucket.remove(conn)
+                if not bucket:
+                    del self.listeners[conn.local_port]
+            conn.state = CLOSED
+            if getattr(conn, _FLOW_OPEN, False):
+                setattr(conn, _FLOW_OPEN, False)
+                self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, None)
+            for child in list(conn.syn_children) + list(conn.accept_queue):
+                child.abort()
+            conn.syn_children.clear()
+            conn.accept_queue.clear()
+            self._drop_port(conn)
+            conn.on_closed()
+        elif state == CLOSED:
+            self._drop_port(conn)
+        else:
+            conn.abort()
+
+    def connection_closed(self, conn: TcpConnection) -> None:
+        """Called by a connection entering CLOSED: forget it, close its flow, free its port."""
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if conn.remote_ip is not None:
+            key = (conn.local_port, conn.remote_ip, conn.remote_port)
+            if self.conns.get(key) is conn:
+                del self.conns[key]
+            if getattr(conn, _FLOW_OPEN, False):
+                setattr(conn, _FLOW_OPEN, False)
+                self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, (conn.remote_ip, conn.remote_port))
+        parent = conn.parent
+        if parent is not None:
+            parent.syn_children.discard(conn)
+            try:
+                parent.accept_queue.remove(conn)
+            except ValueError:
+                pass
+        self._drop_port(conn)
+        conn.template = None
+
+    # -- children of listeners ----------------------------------------------------------------------
+    def syn_backlog(self, listener: TcpConnection) -> int:
+        return min(max(listener.backlog, 8), self.config.max_syn_backlog)
+
+    def make_child(self, listener: TcpConnection) -> TcpConnection:
+        """The connection object for a new passive open; ``listener.child_class`` if set, else
+        the listener's own class (constructed with the layer only). Override, or set
+        ``child_class``, for classes that need more arguments."""
+        factory = getattr(listener, "make_child", None)
+        if factory is not None:
+            return factory()  # type: ignore[no-any-return]
+        return (listener.child_class or type(listener))(self)
+
+    def _listen_input(self, listener: TcpConnection, seg: Segment, ip_header: IPv4Header) -> None:
+        flags = seg.flags
+        c = self.c
+        if flags & RST:
+            return
+        if flags & ACK:
+            c["rx.ack_to_listener"] += 1
+            self.send_reset(ip_header.dst, ip_header.src, seg)
+            return
+        if not flags & SYN or flags & FIN:
+            c["drop.listen_bad_flags"] += 1
+            return
+        if len(listener.accept_queue) > listener.backlog:
+            c["listen_overflow"] += 1
+            return
+        if len(listener.syn_children) >= self.syn_backlog(listener):
+            c["syn_queue_full"] += 1
+            return
+        child = self.make_child(listener)
+        for attr in ("reuse_addr", "reuse_port", "nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt",
+                     "ttl", "tos", "linger", "user_mss", "congestion", "rcvbuf_locked", "rcvbuf_max",
+                     "retries2", "user_timeout"):
+            setattr(child, attr, getattr(listener, attr))
+        child.rcvbuf.capacity = listener.rcvbuf.capacity
+        child.sndbuf.capacity = listener.sndbuf.capacity
+        child.local_ip, child.local_port = ip_header.dst, seg.dport
+        child.remote_ip, child.remote_port = ip_header.src, seg.sport
+        child.template = TcpTemplate(ip_header.dst, ip_header.src, seg.dport, seg.sport)
+        child.parent = listener
+        self.conns[(seg.dport, ip_header.src, seg.sport)] = child
+        self.bound.setdefault(seg.dport, []).append(child)
+        listener.syn_children.add(child)
+        c["passive_open"] += 1
+        child.open_passive(seg)
+
+    def child_can_establish(self, child: TcpConnection) -> bool:
+        parent = child.parent
+        if parent is None or parent.state != LISTEN:
+            return True
+        if len(parent.accept_queue) > parent.backlog:
+            self.c["listen_overflow"] += 1
+            return False
+        return True
+
+    def child_established(self, child: TcpConnection) -> None:
+        parent = child.parent
+        assert parent is not None and child.remote_ip is not None
+        parent.syn_children.discard(child)
+        try:
+            self.stack.flows.flow_opened(PROTO_TCP, child.local_port, (child.remote_ip, child.remote_port))
+        except OSError:
+            self.c["abort.flow"] += 1
+            child.abort()
+            return
+        setattr(child, _FLOW_OPEN, True)
+        parent.accept_queue.append(child)
+        parent.on_accept_ready()
+
+    # ===================================================================== input
+    def receive(self, ip_header: IPv4Header, payload: Any, csum_ok: bool) -> None:
+        c = self.c
+        c["rx"] += 1
+        try:
+            seg = parse_tcp(payload, ip_header.src, ip_header.dst, verify=not csum_ok)
+        except MalformedError as exc:
+            c["drop." + exc.reason] += 1
+            return
+        if ip_header.dst != self.stack.config.address:
+            c["drop.not_unicast"] += 1  # TCP never answers broadcast/multicast (RFC 1122 4.2.3.10)
+            return
+        conn = self.conns.get((seg.dport, ip_header.src, seg.sport))
+        if conn is not None:
+            if conn.state == TIME_WAIT and seg.flags & (SYN | ACK | RST) == SYN:
+                if self._time_wait_reopen(conn, seg):
+                    conn._done()
+                    conn = None
+            if conn is not None:
+                conn.segment_arrives(seg)
+                return
+        listener = self.find_listener(seg.dport, ip_header.dst, ip_header.src, seg.sport)
+        if listener is not None:
+            self._listen_input(listener, seg, ip_header)
+            return
+        self.no_connection(ip_header, seg)
+
+    def _time_wait_reopen(self, conn: TcpConnection, seg: Segment) -> bool:
+        if seq_diff(seg.seq, (conn.irs + conn.rcv_nxt) & 0xFFFFFFFF) > 0:
+            return True
+        return bool(conn.ts_ok and seg.ts_val is not None and seq_diff(seg.ts_val, conn.ts_recent) > 0)
+
+    def find_listener(self, port: int, dst: bytes, src: bytes, sport: int) -> TcpConnection | None:
+        bucket = self.listeners.get(port)
+        if not bucket:
+            return None
+        exact = [lst for lst in bucket if lst.local_ip == dst]
+        group = exact or [lst for lst in bucket if lst.local_ip == ANY_IP]
+        if not group:
+            return None
+        if len(group) > 1 and group[0].reuse_port:
+            return group[(int.from_bytes(src, "big") * 31 + sport) % len(group)]
+        return group[0]
+
+    def no_connection(self, ip_header: IPv4Header, seg: Segment) -> None:
+        """RFC 9293 3.10.7.1: a segment for no connection draws a RST (own mode only)."""
+        self.c["drop.no_connection"] += 1
+        if seg.flags & RST or not self.stack.own_mode:
+            return
+        self.send_reset(ip_header.dst, ip_header.src, seg)
+
+    def send_reset(self, src: bytes, dst: bytes, seg: Segment) -> None:
+        """The RST answering ``seg``: <SEQ=SEG.ACK><CTL=RST> if it had an ACK, else
+        <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>."""
+        if seg.flags & RST:
+            return
+        if seg.flags & ACK:
+            rst = build_tcp(src, dst, seg.dport, seg.sport, seg.ack, 0, RST, 0)
+        else:
+            seg_len = len(seg.payload) + (1 if seg.flags & SYN else 0) + (1 if seg.flags & FIN else 0)
+            rst = build_tcp(src, dst, seg.dport, seg.sport, 0, (seg.seq + seg_len) & 0xFFFFFFFF, RST | ACK, 0)
+        self.c["tx.rst"] += 1
+        try:
+            self.stack.ipv4.send(dst, PROTO_TCP, rst, src=src)
+        except OSError:
+            self.c["tx.error"] += 1
+
+    def send_reset_for(self, conn: TcpConnection, seg: Segment) -> None:
+        assert conn.remote_ip is not None
+        self.send_reset(conn.local_ip, conn.remote_ip, seg)
+
+    # ===================================================================== output and timers
+    def output(self, conn: TcpConnection, segment: bytes) -> None:
+        assert conn.remote_ip is not None
+        try:
+            self.stack.ipv4.send(conn.remote_ip, PROTO_TCP, segment, src=conn.local_ip, ttl=conn.ttl,
+                                 tos=conn.tos, df=True)
+        except OSError as exc:
+            self.c["tx.error"] += 1
+            conn.soft_error = exc.errno or 0
+        else:
+            self.c["tx"] += 1
+
+    def reschedule(self, conn: TcpConnection) -> None:
+        """Keep one stack timer per connection at (or before) its earliest deadline."""
+        d = conn.next_deadline()
+        t = conn.timer
+        if d is None:
+            if t is not None:
+                t.cancel()
+                conn.timer = None
+            return
+        if t is not None and not t.cancelled and t.when <= d:
+            return  # fires early and re-arms: cheaper than moving it on every ACK
+        if t is not None:
+            t.cancel()
+        conn.timer = self.stack.timers.call_at(d, self._fire, conn)
+
+    def _fire(self, conn: TcpConnection) -> None:
+        conn.timer = None
+        if conn.state == CLOSED:
+            return
+        conn.on_timer()
+        if conn.state != CLOSED:
+            self.reschedule(conn)
+
+    def ack_soon(self, conn: TcpConnection) -> None:
+        self._acks.append(conn)
+        if self._ack_timer is None:
+            self._ack_timer = self.stack.call_later(0.0, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        acks, self._acks = self._acks, []
+        for conn in acks:
+            if conn.ack_pending and conn.state != CLOSED and conn.template is not None:
+                conn.send_ack()
+                self.reschedule(conn)
+            conn.ack_pending = False
+
+    def allow_challenge_ack(self) -> bool:
+        now = self.stack.now
+        if now - self._challenge_window >= 1.0:
+            self._challenge_window = now
+            self._challenge_count = 0
+        self._challenge_count += 1
+        return self._challenge_count <= self.config.challenge_ack_limit
+
+    # ===================================================================== ICMP and diversion
+    def icmp_error(self, error: IcmpError, offending: IPv4Header, l4: bytes) -> None:
+        c = self.c
+        c["icmp_error"] += 1
+        if len(l4) < 8:
+            c["drop.icmp_short"] += 1
+            return
+        sport, dport, seq = _SEQ.unpack_from(l4)
+        conn = self.conns.get((sport, offending.dst, dport))
+        if conn is None or conn.state in (CLOSED, LISTEN, TIME_WAIT):
+            c["icmp_error.no_connection"] += 1
+            return
+        u = to_offset(seq, conn.snd_una, conn.iss)
+        if not conn.snd_una <= u < max(conn.snd_nxt, conn.snd_una + 1):
+            c["icmp_error.out_of_window"] += 1
+            return
+        c["icmp_error.delivered"] += 1
+        conn.icmp_error(error, seq)
+        if conn.state != CLOSED:
+            self.reschedule(conn)
+
+    def owns(self, local_port: int, remote_ip: bytes, remote_port: int) -> bool:
+        """Whether a segment from ``remote_ip:remote_port`` to ``local_port`` is the stack's."""
+        return (local_port, remote_ip, remote_port) in self.conns or local_port in self.listeners
+
+    def __repr__(self) -> str:
+        states: dict[str, int] = {}
+        for conn in self.conns.values():
+            states[conn.state.name] = states.get(conn.state.name, 0) + 1
+        return f"<TcpLayer listeners={sum(map(len, self.listeners.values()))} {states}>"
+
+
+__all__ = ["TcpLayer", "TcpConnection", "TcpState", "TcpConfig"]
