@@ -16,6 +16,7 @@ import pytest
 from usocket.config import OWN, ResolverConfig, StackConfig
 from usocket.link.memory import MemoryNetwork
 from usocket.proto.dns import DnsError, DnsResult
+from usocket.proto.tcp.connection import TcpConnection
 from usocket.proto.udp import UdpEndpoint
 from usocket.stack import Stack
 from usocket.wire.addr import ip_aton, mac_aton
@@ -176,3 +177,77 @@ def test_lost_fragments_time_out_and_memory_is_released() -> None:
     net.run_for(31.0)  # ... until the 30 s reassembly timeout
     assert b.counters.get("ipv4", "reasm_timeout") > 0
     assert b.ipv4.reassembly_bytes == 0
+
+
+# -- DNS over TCP after a truncated UDP answer (RFC 7766) -------------------------------------------
+BIG = "big.sim.test"
+BIG_ADDRS = [f"10.9.1.{i}" for i in range(1, 41)]  # 40 A records: far over 512 bytes
+
+
+def big_answer(query: bytes, truncated: bool) -> bytes:
+    q = parse_message(query)
+    question = q.questions[0]
+    answers = () if truncated else tuple(DnsRecord(question.name, TYPE_A, CLASS_IN, 300, a) for a in BIG_ADDRS)
+    return build_message(DnsMessage(DnsHeader(q.header.id, qr=True, aa=True, tc=truncated, rd=q.header.rd,
+                                              ra=True), q.questions, answers))
+
+
+class TruncatingDns(UdpEndpoint):
+    def on_datagram(self, data: bytes, src_ip: bytes, src_port: int) -> None:
+        self.layer.sendto(self, big_answer(data, truncated=True), src_ip, src_port)
+
+
+class TcpDnsServer(TcpConnection):
+    """A DNS server over TCP on stack B: one length-prefixed query in, one answer out."""
+
+    served = 0
+
+    def make_child(self) -> TcpDnsServer:
+        return TcpDnsServer(self.layer)
+
+    def on_readable(self) -> None:
+        if self.wr_shut:
+            return
+        data = self.recv(65536) or b""
+        self.buf = getattr(self, "buf", b"") + data
+        if len(self.buf) >= 2 and len(self.buf) >= 2 + int.from_bytes(self.buf[:2], "big"):
+            reply = big_answer(self.buf[2:], truncated=False)
+            self.send(len(reply).to_bytes(2, "big") + reply)
+            TcpDnsServer.served += 1
+            self.close()
+
+
+def make_truncating_pair(seed: int, tcp_server: bool, **faults: float) -> tuple[MemoryNetwork, Stack, Stack]:
+    net, a, b = make_pair(seed, **faults)
+    for ep in list(b.udp.endpoints()):
+        if ep.local_port == 53:
+            b.udp.close(ep)
+    udp = b.udp.open(TruncatingDns)
+    b.udp.bind(udp, b"\0\0\0\0", 53)
+    if tcp_server:
+        lst = b.tcp.open(TcpDnsServer)
+        b.tcp.bind(lst, b"\0\0\0\0", 53)
+        b.tcp.listen(lst, 8)
+    return net, a, b
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.1])
+def test_truncated_dns_answer_is_asked_again_over_tcp(loss: float) -> None:
+    TcpDnsServer.served = 0
+    net, a, b = make_truncating_pair(5, tcp_server=True, loss=loss)
+    r = resolve(net, a, BIG, timeout=60)
+    assert isinstance(r, DnsResult), r
+    assert sorted(r.values) == sorted(BIG_ADDRS)
+    dns = a.counters.snapshot()["dns"]
+    assert dns["truncated"] >= 1 and dns["tcp.answered"] == 1 and TcpDnsServer.served >= 1
+    # the TCP exchange ended and released everything
+    assert net.run_until(lambda: not a.tcp.conns or all(c.state.name == "TIME_WAIT" for c in a.tcp.conns.values()), 30)
+
+
+def test_truncated_dns_answer_without_a_tcp_server_fails_with_try_again() -> None:
+    net, a, b = make_truncating_pair(6, tcp_server=False)
+    r = resolve(net, a, BIG, timeout=60)
+    assert isinstance(r, DnsError), r
+    dns = a.counters.snapshot()["dns"]
+    # refused by B's RST (own mode; once per name of the search list), and the truncated answer had nothing
+    assert dns["tcp.failed"] >= 1 and not dns.get("tcp.answered")

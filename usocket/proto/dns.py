@@ -88,6 +88,7 @@ from ..wire.dns import (
     reverse_name,
     wire_key,
 )
+from .tcp.connection import CLOSED, TcpConnection
 from .udp import UdpEndpoint, UdpLayer
 
 if TYPE_CHECKING:
@@ -302,6 +303,8 @@ class DnsQuery:
         self.tries = resolver.plan_tries()
         self.index = 0
         self.sent_to: set[bytes] = set()
+        self.last_server: bytes | None = None
+        self.last_timeout = 5.0
         self.endpoint: UdpEndpoint | None = None
         self.timer: Timer | None = None
         self.bad_rcode: int | None = None
@@ -339,6 +342,8 @@ class DnsQuery:
             if self.index > 1:
                 c["tx.retry"] += 1
             self.sent_to.add(server)
+            self.last_server = server
+            self.last_timeout = timeout
             self.timer = self.stack.call_later(timeout, self._timed_out)
             return
         if not self.done:
@@ -807,11 +812,26 @@ class Resolver:
 
         Return the message to use, ``None`` to fail the question with TRY_AGAIN
         (``EAI_AGAIN``), or :attr:`DEFERRED` after arranging to call
-        ``query.finish(full_message_or_None)`` later (e.g. once the question was asked again
-        over TCP). Without TCP, the default uses the truncated answer when it already holds
-        records of the asked type, else gives up with TRY_AGAIN.
+        ``query.finish(full_message_or_None)`` later. The default asks the same server again
+        over TCP (RFC 7766 / RFC 1035 4.2.2: two-byte length prefix) when the stack has a TCP
+        layer; if that fails, it falls back to :meth:`truncated_fallback`.
         """
         self.c["truncated"] += 1
+        tcp = getattr(self.stack, "tcp", None)
+        server = next(iter(query.sent_to), None) if len(query.sent_to) == 1 else query.last_server
+        if tcp is None or server is None:
+            return self.truncated_fallback(query, msg)
+        try:
+            DnsOverTcp.start(self, query, msg, server)
+        except OSError:
+            self.c["tcp.error"] += 1
+            return self.truncated_fallback(query, msg)
+        self.c["tcp.queries"] += 1
+        return Resolver.DEFERRED
+
+    def truncated_fallback(self, query: DnsQuery, msg: DnsMessage) -> DnsMessage | None:
+        """Without a usable TCP answer: the truncated answer if it already holds records of the
+        asked type (what glibc does with a partial answer), else TRY_AGAIN."""
         if any(rr.type == query.qtype and rr.rclass == CLASS_IN for rr in msg.answers):
             return msg
         return None
@@ -892,6 +912,75 @@ class Resolver:
                 return min(self._ttl(rr.ttl), rr.data.minimum, self.max_negative_ttl)
         return None
 
+
+
+class DnsOverTcp(TcpConnection):
+    """One question asked again over TCP after a truncated UDP answer (RFC 7766): connect to
+    the server that truncated, send the query with its two-byte length, read one length-prefixed
+    reply, validate it like a UDP reply, close. Any failure (refused, reset, timeout, a bad
+    reply) falls back to :meth:`Resolver.truncated_fallback` with the truncated message."""
+
+    def __init__(self, layer: Any, resolver: Resolver, query: DnsQuery, truncated: DnsMessage,
+                 server: bytes) -> None:
+        super().__init__(layer)
+        self.resolver, self.query, self.truncated, self.server = resolver, query, truncated, server
+        self.buf = bytearray()
+        self.finished = False
+        self.deadline_timer: Timer | None = None
+
+    @classmethod
+    def start(cls, resolver: Resolver, query: DnsQuery, truncated: DnsMessage, server: bytes) -> DnsOverTcp:
+        tcp = resolver.stack.tcp
+        conn = tcp.open(cls, resolver, query, truncated, server)
+        assert isinstance(conn, DnsOverTcp)
+        tcp.connect(conn, server, DNS_PORT)
+        conn.deadline_timer = resolver.stack.call_later(max(query.last_timeout, 1.0), conn.give_up)
+        return conn
+
+    def on_established(self) -> None:
+        wire = self.query.wire
+        self.send(len(wire).to_bytes(2, "big") + wire)
+
+    def on_readable(self) -> None:
+        data = self.recv(65537)
+        if data:
+            self.buf += data
+        if len(self.buf) >= 2:
+            n = int.from_bytes(self.buf[:2], "big")
+            if len(self.buf) >= 2 + n:
+                msg = self.resolver.validate_reply(self.query, bytes(self.buf[2:2 + n]), self.server, DNS_PORT)
+                self.end(msg if msg is not None and not msg.header.tc else None)
+                return
+        if self.at_eof:
+            self.end(None)
+
+    def on_error(self) -> None:
+        self.end(None)
+
+    def on_closed(self) -> None:
+        if not self.finished:
+            self.end(None)
+
+    def give_up(self) -> None:
+        self.deadline_timer = None
+        self.resolver.c["tcp.timeout"] += 1
+        self.end(None)
+
+    def end(self, msg: DnsMessage | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
+        if self.state != CLOSED:  # finish politely (or reset if unread data remains)
+            self.close()
+        if msg is None:
+            self.resolver.c["tcp.failed"] += 1
+            msg = self.resolver.truncated_fallback(self.query, self.truncated)
+        else:
+            self.resolver.c["tcp.answered"] += 1
+        self.query.finish(msg)
 
 __all__ = [
     "DnsError", "DnsResult", "DnsQuery", "DnsCache", "Lookup", "Resolver", "inet_aton_exact",

@@ -48,6 +48,10 @@ class TcpConfig:
     challenge_ack_limit: int = 1000
     # Quick ACKs at the start of a connection (Linux TCP_MAX_QUICKACKS).
     quickacks: int = 16
+    # Time-based loss detection (RACK, RFC 8985 6.2) and tail loss probes (TLP, RFC 8985 7):
+    # Linux has both on by default (tcp_recovery=1, tcp_early_retrans=3).
+    rack: bool = True
+    tlp: bool = True
     # Segments the out-of-order queue may hold (its byte bound is the receive buffer).
     ooo_max_ranges: int = 2048
 

@@ -96,6 +96,7 @@ _SEND_STATES = frozenset((ESTABLISHED, CLOSE_WAIT))
 _RECV_STATES = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2))
 # States in which our FIN has been queued.
 _FIN_STATES = frozenset((FIN_WAIT_1, FIN_WAIT_2, CLOSING, LAST_ACK, TIME_WAIT))
+_TLP_STATES = frozenset((ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK))
 SYNCHRONIZED = frozenset((ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT))
 
 NO_RECOVERY, FAST_RECOVERY, LOSS_RECOVERY = 0, 1, 2
@@ -217,6 +218,10 @@ class TcpConnection:
         self.rtx_next = 0  # lowest u where a lost, not yet retransmitted record may be
         self.recovery = NO_RECOVERY
         self.recovery_point = 0
+        self.rack_time = 0.0  # latest send time of a segment known delivered (RFC 8985's RACK.xmit_ts)
+        self.rtx_order: deque[Sent] = deque()  # retransmitted records, oldest retransmission first
+        self.tlp_deadline: float | None = None
+        self.tlp_high: int | None = None  # snd_nxt when a tail loss probe went out, until ACKed
         self.dupacks = 0
         self.rtt = RttEstimator(initial_rto=cfg.rto_initial, min_rto=cfg.rto_min, max_rto=cfg.rto_max)
         self.cc: CongestionControl | None = None
@@ -238,6 +243,7 @@ class TcpConnection:
         self.last_rx = 0.0
         self.last_tx = 0.0
         self.rcv_space_time = 0.0  # receive buffer autotuning: start of the measurement
+        self.rcv_rtt = 0.0  # the receiver's RTT estimate (timestamps echoed on data, Linux rcv_rtt_est)
         self.rcv_copied = 0
         # -- statistics (introspection) ---------------------------------------------------------
         self.segs_in = 0
@@ -355,7 +361,7 @@ class TcpConnection:
     def next_deadline(self) -> float | None:
         best: float | None = None
         for d in (self.rtx_deadline, self.delack_deadline, self.ka_deadline, self.tw_deadline,
-                  self.fin2_deadline):
+                  self.fin2_deadline, self.tlp_deadline):
             if d is not None and (best is None or d < best):
                 best = d
         return best
@@ -655,6 +661,10 @@ class TcpConnection:
                 self.ts_recent = seg.ts_val
                 self.ts_recent_time = now
         if plen:
+            if self.ts_ok and seg.ts_ecr:
+                sample = ((self.ts_now() - seg.ts_ecr) & MASK) / 1000.0
+                if sample < 60.0:
+                    self.rcv_rtt = sample if not self.rcv_rtt else self.rcv_rtt + (sample - self.rcv_rtt) / 8
             if state in _RECV_STATES:
                 if self.orphan and seq_r + plen > self.rcv_nxt:
                     c["abort.data_after_close"] += 1  # Linux TCPAbortOnData: nobody will read it
@@ -703,15 +713,18 @@ class TcpConnection:
             self.dupacks += 1
             c["rx.dupack"] += 1
             if self.recovery == NO_RECOVERY:
-                if self.dupacks >= DUPTHRESH or (sack_new and self._head_lost()):
+                rack = sack_new and self._rack_detect()
+                if self.dupacks >= DUPTHRESH or (sack_new and self._head_lost()) or rack:
                     self._enter_recovery()
             elif sack_new:
                 self._mark_lost()
+                self._rack_detect()
         elif sack_new:
-            if self.recovery == NO_RECOVERY and self._head_lost():
+            if self.recovery == NO_RECOVERY and (self._rack_detect() | self._head_lost()):
                 self._enter_recovery()
             elif self.recovery:
                 self._mark_lost()
+                self._rack_detect()
         if window_changed and self.rtx_deadline is not None and self.persist and self.snd_wnd:
             self.rtx_deadline = None
             self.persist = False
@@ -750,6 +763,8 @@ class TcpConnection:
                     self.retrans_bytes -= size
                 elif sample_time is None or rec.time > sample_time:
                     sample_time = rec.time
+                if rec.time > self.rack_time and (not rec.retrans or now - rec.time >= self.min_rtt):
+                    self.rack_time = rec.time
             head += 1
         if head > 256 and head * 2 > n:
             del q[:head]
@@ -779,6 +794,8 @@ class TcpConnection:
         recovery = self.recovery
         prev_dupacks = self.dupacks
         self.dupacks = 0
+        if self.tlp_high is not None and ack_u >= self.tlp_high:
+            self.tlp_high = None
         if recovery:
             if ack_u >= self.recovery_point:
                 self.recovery = NO_RECOVERY
@@ -789,6 +806,7 @@ class TcpConnection:
                 # decides; without, the new head is presumed lost (one retransmission per ACK).
                 if self.sack_ok:
                     self._mark_lost()
+                    self._rack_detect()
                 else:
                     self.dupacks = max(0, prev_dupacks - acked // max(self.mss, 1))
                     self._mark_head_lost()
@@ -801,6 +819,7 @@ class TcpConnection:
         else:
             self.rtx_deadline = None
             self.persist = False
+        self._arm_tlp()
         if self.state in _SEND_STATES and self.sndbuf.free:
             self.on_writable()
 
@@ -842,11 +861,58 @@ class TcpConnection:
                         self.highest_sacked = rec.end
                     if not rec.retrans and (sampled is None or rec.time > sampled):
                         sampled = rec.time
+                    if rec.time > self.rack_time:
+                        self.rack_time = rec.time
                     new = True
                 i += 1
         if sampled is not None:  # RTT of a segment SACKed for the first time (Linux sack_rtt)
             self._rtt_sample(self.now - sampled)
         return new
+
+    def _rack_detect(self) -> bool:
+        """Time-based loss detection (RACK, RFC 8985 6.2, without its reordering timer): a
+        segment is lost when one sent after it, by more than the reordering window (min_rtt/4),
+        has been delivered. This finds lost retransmissions, which RFC 6675 alone leaves to the
+        RTO, and tail losses after a probe. Both scans are amortised O(1): original segments
+        are examined in send order above ``lost_upto``, retransmissions in ``rtx_order``."""
+        if not self.layer.config.rack or not self.rack_time:
+            return False
+        limit = self.rack_time - self.min_rtt / 4
+        marked = False
+        q = self.rtxq
+        i = self._index(self.lost_upto)
+        n = len(q)
+        while i < n:
+            rec = q[i]
+            if rec.time >= limit:
+                break
+            if not rec.sacked and not rec.lost and not rec.retrans:
+                rec.lost = True
+                self.lost_bytes += rec.end - rec.start
+                if rec.start < self.rtx_next:
+                    self.rtx_next = rec.start
+                marked = True
+            i += 1
+        upto = q[i].start if i < n else self.snd_nxt
+        if upto > self.lost_upto:
+            self.lost_upto = upto
+        rq = self.rtx_order
+        una = self.snd_una
+        while rq and rq[0].time < limit:
+            rec = rq.popleft()
+            if rec.retrans and not rec.sacked and rec.end > una:
+                rec.retrans = False
+                self.retrans_bytes -= rec.end - rec.start
+                if not rec.lost:
+                    rec.lost = True
+                    self.lost_bytes += rec.end - rec.start
+                if rec.start < self.rtx_next:
+                    self.rtx_next = rec.start
+                self.layer.c["lost_retransmit"] += 1
+                marked = True
+        if marked:
+            self.layer.c["rack_lost"] += 1
+        return marked
 
     def _rtt_sample(self, rtt: float) -> None:
         if rtt >= 0:
@@ -1034,7 +1100,7 @@ class TcpConnection:
         self._abort(code)
 
     # ===================================================================== transmission
-    def _output(self, force_retransmit: bool = False) -> None:
+    def _output(self, force_retransmit: bool = False, probe: bool = False) -> None:
         """Send what the windows allow: lost segments first, then new data, then the FIN."""
         state = self.state
         if state not in _SEND_STATES and state not in (FIN_WAIT_1, CLOSING, LAST_ACK):
@@ -1059,9 +1125,9 @@ class TcpConnection:
                 if wnd_room <= 0 or (wnd_room < mss and wnd_room < self.max_snd_wnd // 2 and avail > wnd_room):
                     break  # sender SWS avoidance (RFC 9293 3.8.6.2.1): wait for a useful window
                 n = wnd_room
-            if self.in_flight >= cc.cwnd:
+            if self.in_flight >= cc.cwnd and not probe:
                 break
-            if n < mss and not self.nodelay and nxt > self.snd_una and not self.fin_queued:
+            if n < mss and not self.nodelay and not probe and nxt > self.snd_una and not self.fin_queued:
                 break  # Nagle (RFC 896): one small segment in flight at a time
             flags = ACK
             end = nxt + n
@@ -1078,6 +1144,8 @@ class TcpConnection:
             self.snd_nxt = end
             if self.rtx_deadline is None or self.persist:
                 self._arm_rtx()
+            if probe:
+                break
         if self.fin_queued and self.fin_u is None and self.snd_nxt == data_end and self.in_flight < cc.cwnd + mss:
             nxt = self.snd_nxt
             self._emit(nxt, ACK | FIN)
@@ -1086,6 +1154,8 @@ class TcpConnection:
             self.snd_nxt = nxt + 1
             if self.rtx_deadline is None or self.persist:
                 self._arm_rtx()
+        if self.tlp_deadline is None:
+            self._arm_tlp()
         # Zero window with data waiting and nothing in flight: the persist timer probes.
         if self.snd_nxt == self.snd_una and data_end > self.snd_nxt and self.rtx_deadline is None:
             self.persist = True
@@ -1129,6 +1199,7 @@ class TcpConnection:
             self._emit(rec.start, flags, payload)
         rec.retrans = True
         rec.time = self.now
+        self.rtx_order.append(rec)
         self.retrans_bytes += size
         self.retransmits += 1
         self.layer.c["tx.retransmit"] += 1
@@ -1156,6 +1227,40 @@ class TcpConnection:
             rec.flags &= ~FIN
         rec.end = rec.start + mss
         q[i + 1:i + 1] = pieces
+
+    def _arm_tlp(self) -> None:
+        """Schedule a tail loss probe (RFC 8985 7.2): PTO = 2*SRTT (+ the worst-case delayed
+        ACK when one segment is in flight), only when it would fire before the RTO."""
+        self.tlp_deadline = None
+        if (not self.layer.config.tlp or not self.sack_ok or self.recovery or self.tlp_high is not None
+                or self.snd_nxt == self.snd_una or self.rtt.srtt is None or self.persist
+                or self.state not in _TLP_STATES):
+            return
+        pto = 2 * self.rtt.srtt
+        if self.snd_nxt - self.snd_una <= self.mss:
+            pto += 0.2
+        when = self.now + max(pto, 0.01)
+        if self.rtx_deadline is not None and when >= self.rtx_deadline:
+            return
+        self.tlp_deadline = when
+
+    def _tail_loss_probe(self) -> None:
+        """RFC 8985 7.3: send one new segment if there is one and the peer's window allows,
+        else retransmit the last segment; either way the ACK it draws lets SACK/RACK find a
+        tail loss without waiting for the RTO."""
+        if self.recovery or self.snd_nxt == self.snd_una or self.state not in _TLP_STATES:
+            return
+        self.layer.c["tlp"] += 1
+        nxt = self.snd_nxt
+        data_end = self.sndbuf.end + 1
+        if data_end > nxt and self.snd_una + self.snd_wnd > nxt:
+            self._output(probe=True)
+        else:
+            q = self.rtxq
+            if self.rtx_head < len(q) and not q[-1].sacked:
+                self._retransmit(q[-1])
+        self.tlp_high = self.snd_nxt
+        self._arm_rtx()
 
     def _arm_rtx(self) -> None:
         self.persist = False
@@ -1190,6 +1295,9 @@ class TcpConnection:
                 self._rto()
             if self.state == CLOSED:
                 return
+        if self.tlp_deadline is not None and self.tlp_deadline <= now:
+            self.tlp_deadline = None
+            self._tail_loss_probe()
         if self.delack_deadline is not None and self.delack_deadline <= now:
             self.delack_deadline = None
             if self.state in SYNCHRONIZED:
@@ -1250,6 +1358,9 @@ class TcpConnection:
                 lost += rec.end - rec.start
         self.lost_bytes = lost
         self.retrans_bytes = 0
+        self.rtx_order.clear()
+        self.tlp_high = None
+        self.tlp_deadline = None
         self.lost_upto = self.snd_nxt
         self.rtx_next = self.snd_una
         self.recovery = LOSS_RECOVERY
@@ -1407,7 +1518,7 @@ class TcpConnection:
             return
         now = self.now
         self.rcv_copied += n
-        rtt = self.rtt.srtt or 0.01
+        rtt = self.rcv_rtt or self.rtt.srtt or 0.01
         if now - self.rcv_space_time >= max(rtt, 0.001):
             cap = self.rcvbuf.capacity
             if not self.rcvbuf_locked and self.rcv_copied * 2 > cap and cap < self.rcvbuf_max:
