@@ -413,7 +413,12 @@ class TcpConnection:
                 sack: list[tuple[int, int]] = []
                 if self.sack_ok and self.ooo.bytes:
                     irs = self.irs
-                    sack = [((irs + s) & MASK, (irs + e) & MASK) for s, e in self.ooo.sack_blocks(4)]
+                    # The blocks that fit (RFC 2018 3): a retransmitted full-size segment may
+                    # carry none; new data was cut to leave room for them (_send_mss).
+                    room = (self.mss + (12 if self.ts_ok else 0) - len(payload) - (12 if ts else 0) - 4) // 8
+                    if room > 0:
+                        blocks = self.ooo.sack_blocks(min(room, 4))
+                        sack = [((irs + s) & MASK, (irs + e) & MASK) for s, e in blocks]
                 options = data_options(ts, sack) if ts or sack else b""
         window = self._window_field(syn)
         seg = tpl.build((self.iss + seq_u) & MASK, ack, flags, window, options, payload)
@@ -763,7 +768,7 @@ class TcpConnection:
                     self.retrans_bytes -= size
                 elif sample_time is None or rec.time > sample_time:
                     sample_time = rec.time
-                if rec.time > self.rack_time and (not rec.retrans or now - rec.time >= self.min_rtt):
+                if rec.time > self.rack_time and (not rec.retrans or self._acks_retransmission(rec, seg)):
                     self.rack_time = rec.time
             head += 1
         if head > 256 and head * 2 > n:
@@ -913,6 +918,17 @@ class TcpConnection:
         if marked:
             self.layer.c["rack_lost"] += 1
         return marked
+
+    def _acks_retransmission(self, rec: Sent, seg: Segment) -> bool:
+        """RFC 8985 6.2 step 2: whether the cumulative ACK ``seg`` of the retransmitted ``rec``
+        can be for the retransmission rather than a delayed original. Not if it came sooner
+        than min_rtt after the retransmission, nor if its timestamp echo is older than the
+        retransmission (the original filled the hole and its TSval became TS.Recent)."""
+        if self.now - rec.time < self.min_rtt:
+            return False
+        if self.ts_ok and seg.ts_ecr:
+            return seq_diff(seg.ts_ecr, (int(rec.time * 1000) + self.ts_offset) & MASK) >= 0
+        return True
 
     def _rtt_sample(self, rtt: float) -> None:
         if rtt >= 0:
@@ -1111,7 +1127,7 @@ class TcpConnection:
             cc.on_idle(now, now - self.last_tx, self.rtt.rto)
         if self.lost_bytes and self.retrans_bytes < self.lost_bytes + self.sacked_bytes + 1:
             self._retransmit_lost(force_retransmit)
-        mss = self.mss
+        mss = self._send_mss()
         sndbuf = self.sndbuf
         data_end = sndbuf.end + 1  # u just past the last byte written
         while True:
@@ -1179,6 +1195,13 @@ class TcpConnection:
                 break
             i += 1
         self.rtx_next = self.snd_nxt if i >= n else q[i].start if i < n else self.snd_nxt
+
+    def _send_mss(self) -> int:
+        """The data a new segment may carry: the MSS less the SACK option it will carry while
+        out-of-order data is held (Linux tcp_current_mss), so that it still fits the path MTU."""
+        if self.sack_ok and self.ooo.bytes:
+            return self.mss - 4 - 8 * min(len(self.ooo), 3 if self.ts_ok else 4)
+        return self.mss
 
     def _retransmit(self, rec: Sent) -> None:
         """Send a record again (split to the current MSS if it has grown too large for it)."""

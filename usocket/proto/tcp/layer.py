@@ -435,7 +435,8 @@ class TcpLayer:
             self.stack.ipv4.send(conn.remote_ip, PROTO_TCP, segment, src=conn.local_ip, ttl=conn.ttl,
                                  tos=conn.tos, df=True)
         except OSError as exc:
-            self.c["tx.error"] += 1
+            # EMSGSIZE here would be an engine bug (segments are sized to the path MTU).
+            self.c["tx.error." + errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
             conn.soft_error = exc.errno or 0
         else:
             self.c["tx"] += 1
