@@ -373,13 +373,13 @@ class TcpConnection:
         free = self.advertised_window()
         if syn:
             w = min(free, 0xFFFF)
-            self.rcv_adv = max(self.rcv_adv, rcv_nxt + w)
+            self.rcv_adv = max(self.rcv_adv, max(rcv_nxt, 1) + w)  # from the byte after the peer's SYN
             return w
         adv = self.rcv_adv
         right = rcv_nxt + free
         if right <= adv:
             right = adv  # never shrink the window (RFC 9293 3.8.6.2.2)
-        elif right - adv < min(self.rcvbuf.capacity // 2, self.rcv_mss) and adv > rcv_nxt:
+        elif right - adv < min(self.rcvbuf.capacity // 2, self.rcv_mss):
             right = adv  # receiver SWS avoidance: no small increments
         wnd = right - rcv_nxt
         shift = self.rcv_wscale
@@ -522,6 +522,8 @@ class TcpConnection:
 
     def _become_established(self) -> None:
         self.state = ESTABLISHED
+        if self.rtt.srtt is None and self.retransmits:
+            self.rtt.syn_timeout_fallback()  # RFC 6298 5.7 (Linux tcp_init_transfer)
         self._cc()
         self.rcv_space_time = self.now
         self._arm_keepalive()
@@ -560,7 +562,7 @@ class TcpConnection:
         self._negotiate(seg)
         self.last_rx = now
         if flags & ACK:
-            self.snd_wnd = seg.window << self.snd_wscale
+            self.snd_wnd = seg.window  # never scaled in a SYN-ACK (RFC 7323 2.2)
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1, self.snd_wl2 = 0, 1
             self._ack_advanced(1, seg)
@@ -615,9 +617,12 @@ class TcpConnection:
             if self.state == SYN_RECEIVED and seq_r == 0 and self.parent is not None:
                 self._send_syn()  # the peer retransmitted its SYN: our SYN-ACK was lost
                 return
-            c["rx.syn_challenged"] += 1
-            self._challenge_ack()
-            return
+            if not (self.state == SYN_RECEIVED and self.parent is None and flags & ACK and seq_r == 0
+                    and to_offset(seg.ack, self.snd_una, self.iss) == self.snd_nxt):
+                c["rx.syn_challenged"] += 1
+                self._challenge_ack()
+                return
+            # Simultaneous open: the peer's SYN-ACK completes it (Linux tcp_validate_incoming).
         if not flags & ACK:
             c["drop.no_ack"] += 1
             return
@@ -807,6 +812,8 @@ class TcpConnection:
                 if recovery == FAST_RECOVERY and cc is not None:
                     cc.on_recovery_end(now)
             else:
+                if recovery == LOSS_RECOVERY and cc is not None:
+                    cc.on_ack(acked, now, rtt, self.in_flight, False)  # RFC 5681 3.1: slow start
                 # Partial ACK (RFC 6582): the next hole is lost too. With SACK the scoreboard
                 # decides; without, the new head is presumed lost (one retransmission per ACK).
                 if self.sack_ok:
@@ -1046,8 +1053,7 @@ class TcpConnection:
                     self.bytes_received += len(more)
                     filled = True
             self.rcv_nxt = rcv_nxt
-            if self.rcv_fin_r is not None and self.rcv_fin_r == rcv_nxt:
-                self._fin_arrives(rcv_nxt)
+            fin_now = self.rcv_fin_r is not None and self.rcv_fin_r == rcv_nxt
             # ACK policy
             self.unacked_bytes += n
             if filled or ooo.bytes:
@@ -1059,6 +1065,8 @@ class TcpConnection:
                 self.ack_soon()
             elif self.delack_deadline is None:
                 self.delack_deadline = self.now + self.layer.config.delack
+            if fin_now:
+                self._fin_arrives(rcv_nxt)  # ACKs at once, which answers the ACK queued above too
             self.on_readable()
         else:
             self.ooo.max_bytes = self.rcvbuf.capacity
@@ -1210,7 +1218,7 @@ class TcpConnection:
         if rec.flags & SYN:
             self._send_syn()
         else:
-            mss = self.mss
+            mss = self.mss  # a full-size retransmission goes without SACK blocks (_emit)
             if data_len > mss:
                 self._split(rec, mss)
                 size = rec.end - rec.start
@@ -1361,7 +1369,6 @@ class TcpConnection:
         c["rto"] += 1
         self.rtt.backoff()
         if state in (SYN_SENT, SYN_RECEIVED):
-            self.rtt.syn_timeout_fallback()
             self.rtxq[self.rtx_head].retrans = True
             self.retransmits += 1
             self._send_syn()
@@ -1404,6 +1411,18 @@ class TcpConnection:
             self._abort(errno.ETIMEDOUT)
             return
         self.rtx_retries += 1
+        nxt = self.snd_nxt
+        room = self.snd_una + self.snd_wnd - nxt
+        avail = self.sndbuf.end + 1 - nxt
+        if room > 0 and avail > 0:
+            # A usable window below the sender SWS threshold: send what fits when the timer fires
+            # (RFC 9293 3.8.6.2.1 override timeout; Linux tcp_write_wakeup).
+            n = min(room, avail, self.mss)
+            self._emit(nxt, ACK | PSH, self.sndbuf.read(nxt - 1, n))
+            self.rtxq.append(Sent(nxt, nxt + n, 0, self.now))
+            self.snd_nxt = nxt + n
+            self._arm_rtx()
+            return
         self.layer.c["tx.window_probe"] += 1
         self._emit(self.snd_una - 1, ACK)
         self.persist = True
