@@ -84,6 +84,11 @@ class _IPv4(_Nop):
         assert proto == 17 and opts["src"] == OURS
         self.sent.append((dst, bytes(payload)))
 
+    def route(self, dst: bytes) -> bytes:
+        # This harness carries only UDP: the TCP fallback after a truncated answer cannot connect
+        # (tests/test_sim_network.py covers the fallback with a real TCP server).
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
 
 class _Stack(Stack):
     ethernet_class = _Nop  # type: ignore[assignment]
