@@ -149,6 +149,7 @@ class TcpConnection:
         # -- socket options -------------------------------------------------------------------
         self.reuse_addr = False
         self.reuse_port = False
+        self.port_locked = False  # bound explicitly to a port (Linux SOCK_BINDPORT_LOCK)
         self.nodelay = False
         self.keepalive = False
         self.keepidle = cfg.keepalive_time
@@ -1369,7 +1370,10 @@ class TcpConnection:
         c["rto"] += 1
         self.rtt.backoff()
         if state in (SYN_SENT, SYN_RECEIVED):
-            self.rtxq[self.rtx_head].retrans = True
+            syn = self.rtxq[self.rtx_head]
+            if not syn.retrans:
+                syn.retrans = True  # Karn: no RTT sample from it; counted in pipe like any retransmission
+                self.retrans_bytes += 1
             self.retransmits += 1
             self._send_syn()
             self._arm_rtx()
@@ -1504,7 +1508,7 @@ class TcpConnection:
         if state in (SYN_SENT, SYN_RECEIVED):
             return 0
         if state not in _SEND_STATES:
-            raise _err(errno.EPIPE if self.reset or state == CLOSED and self.remote_ip else errno.ENOTCONN)
+            raise _err(errno.EPIPE)  # Linux sk_stream_wait_connect: EPIPE unless connecting
         if not len(data):
             return 0
         n = self.sndbuf.write(data)
@@ -1537,10 +1541,10 @@ class TcpConnection:
             return data
         if self.error:
             raise _err(self.take_error())
+        if self.state == LISTEN or (self.state == CLOSED and self.remote_ip is None):
+            raise _err(errno.ENOTCONN)  # Linux tcp_recvmsg: never connected
         if self.at_eof:
             return b""
-        if self.state in (CLOSED, LISTEN) and not self.remote_ip:
-            raise _err(errno.ENOTCONN)
         return None
 
     def recv_into(self, buf: memoryview, peek: bool = False) -> int | None:
@@ -1581,13 +1585,19 @@ class TcpConnection:
         return e
 
     def shutdown(self, how: int) -> None:
-        """0 = SHUT_RD, 1 = SHUT_WR, 2 = SHUT_RDWR. ENOTCONN when not connected."""
+        """0 = SHUT_RD, 1 = SHUT_WR, 2 = SHUT_RDWR, as Linux inet_shutdown: ENOTCONN when
+        CLOSED; a listener stops listening on SHUT_RD/RDWR and ignores SHUT_WR; a connection
+        attempt in SYN_SENT is abandoned."""
         state = self.state
-        if state in (CLOSED, LISTEN, SYN_SENT) and how != 0 or state == CLOSED and not self.remote_ip:
-            if state == LISTEN and how in (0, 2):
-                self.layer.close(self)
-                return
+        if state == CLOSED:
             raise _err(errno.ENOTCONN)
+        if state == LISTEN:
+            if how in (0, 2):
+                self.layer.close(self)
+            return
+        if state == SYN_SENT:
+            self._done()
+            return
         if how in (0, 2):
             self.rd_shut = True
             self.on_readable()

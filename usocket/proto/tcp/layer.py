@@ -153,6 +153,7 @@ class TcpLayer:
         if not self.local_address_ok(ip):
             raise _err(errno.EADDRNOTAVAIL)
         self._hold_port(conn, ip, port, explicit=True)
+        conn.port_locked = port != 0
         self.c["bind"] += 1
 
     def connect(self, conn: TcpConnection, ip: bytes, port: int) -> None:
@@ -165,7 +166,15 @@ class TcpLayer:
         if state != CLOSED:
             raise _err(errno.EISCONN)
         if conn.remote_ip is not None:
-            raise _err(errno.EISCONN if not conn.error and not conn.reset else errno.EBADF)
+            # Linux lets a socket whose attempt failed (refused, timed out) connect again.
+            if not conn.reset or conn.fin_received or conn.snd_una > 1:
+                raise _err(errno.EISCONN)
+            conn.remote_ip, conn.remote_port = None, 0
+            conn.reset = False
+            conn.rtxq.clear()
+            conn.rtx_head = 0
+            conn.rtx_retries = 0
+            conn.retrans_bytes = conn.lost_bytes = conn.sacked_bytes = 0
         if not 0 <= port <= 0xFFFF:
             raise OverflowError("connect(): port must be 0-65535.")
         if port == 0 or ip == ANY_IP or ip[0] >= 224:
@@ -283,7 +292,13 @@ class TcpLayer:
                 parent.accept_queue.remove(conn)
             except ValueError:
                 pass
-        self._drop_port(conn)
+        if conn.port_locked and not conn.orphan and conn.parent is None and conn.reset:
+            pass  # a failed attempt on an explicitly bound socket keeps its port, like Linux
+        else:
+            self._drop_port(conn)
+            if not conn.port_locked:
+                conn.local_port = 0
+                conn.local_ip = ANY_IP
         conn.template = None
 
     # -- children of listeners ----------------------------------------------------------------------
