@@ -108,7 +108,7 @@ class Lab:
     CLIENT_IF = "uslc"
     SERVER_IF = "usls"
     PORTS = {"tcp_echo": 7, "udp_echo": 7, "bulk_source": 19, "bulk_sink": 9, "http": 8000,
-             "nginx": 80, "dns": 53, "closed": 9999}
+             "nginx": 80, "dns": 53, "closed": 9999, "eof_echo": 2007, "reset": 2019}
     READY_TIMEOUT = 15.0
     _counter = itertools.count(1)
     _live: dict[int, Lab] = {}
@@ -264,7 +264,8 @@ class Lab:
         py = self.popen(self.server_ns, [
             sys.executable, "-m", "usocket.lab.servers", "--tcp-echo", str(p["tcp_echo"]),
             "--udp-echo", str(p["udp_echo"]), "--bulk-source", str(p["bulk_source"]),
-            "--bulk-sink", str(p["bulk_sink"]), "--http", str(p["http"]), "--docroot", self.docroot,
+            "--bulk-sink", str(p["bulk_sink"]), "--eof-echo", str(p["eof_echo"]), "--reset", str(p["reset"]),
+            "--http", str(p["http"]), "--docroot", self.docroot,
         ], stdout=subprocess.PIPE, stderr=self._log("servers"), env=env)
         nginx = self.popen(self.server_ns, ["nginx", "-e", os.path.join(self.tmpdir, "nginx-error.log"),
                                             "-p", self.tmpdir, "-c", self._nginx_conf()],

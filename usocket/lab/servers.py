@@ -12,6 +12,13 @@ Servers (asyncio in the main thread, ``http.server`` in a thread of its own):
   first ``N`` bytes of the *bulk pattern* and closes. Memory use is constant whatever ``N``.
 - **bulk sink**: reads to EOF, then answers with an 8-byte big-endian byte count and the 32-byte
   SHA-256 of everything read, then closes.
+- **EOF echo**: reads to EOF (the client's FIN), then sends everything back and closes: the
+  client half-closed and keeps receiving (at most :data:`EOF_ECHO_MAX` bytes are held).
+- **reset**: the client sends an 8-byte big-endian length ``N``; the server hands the first
+  ``N`` bytes of the bulk pattern to its socket in one write (the kernel takes what fits in its
+  send buffer and starts sending), then at once closes it with ``SO_LINGER`` 0: the kernel throws
+  away what it has not sent and sends a RST instead of a FIN. With ``N`` of a few MiB the client
+  gets the first segments of the pattern, then the RST, in the middle of the stream.
 - **HTTP**: :class:`http.server.ThreadingHTTPServer` (HTTP/1.1, keep-alive) on a docroot made by
   :func:`make_docroot`.
 
@@ -40,6 +47,7 @@ from collections.abc import Iterator
 CHUNK = 256 * 1024  # bulk source write size; a multiple of 8
 SINK_REPLY = struct.Struct(">Q32s")  # bulk sink answer: count + sha256 digest
 LENGTH = struct.Struct(">Q")  # bulk source request
+EOF_ECHO_MAX = 256 << 20  # the EOF echo server holds what it read until EOF
 
 
 # -- the bulk pattern ---------------------------------------------------------------------------
@@ -182,6 +190,38 @@ async def bulk_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         await _close(writer)
 
 
+async def eof_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read to EOF, then send it all back, then close."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while data := await reader.read(1 << 18):
+            size += len(data)
+            if size > EOF_ECHO_MAX:
+                return
+            parts.append(data)
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        await _close(writer)
+
+
+async def reset_after(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read an 8-byte length, write that much of the bulk pattern without waiting, close with
+    SO_LINGER 0 (RST): what the kernel had not sent, and what asyncio still buffered, is lost."""
+    try:
+        (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+        writer.write(bulk_pattern(0, length))  # the kernel takes its send buffer's worth now
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # close() now: the kernel discards its send queue and sends a RST
+    except (OSError, asyncio.IncompleteReadError):
+        await _close(writer)
+
+
 class UdpEcho(asyncio.DatagramProtocol):
     """Send every datagram back; send errors (e.g. EPERM from a lab loss rule) are ignored."""
 
@@ -205,7 +245,8 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     ready: list[str] = []
     kw = {"host": args.host, "backlog": 1024, "reuse_address": True}
-    for name, handler in (("tcp_echo", tcp_echo), ("bulk_source", bulk_source), ("bulk_sink", bulk_sink)):
+    for name, handler in (("tcp_echo", tcp_echo), ("bulk_source", bulk_source), ("bulk_sink", bulk_sink),
+                          ("eof_echo", eof_echo), ("reset", reset_after)):
         port = getattr(args, name)
         if port:
             await asyncio.start_server(handler, port=port, **kw)  # type: ignore[arg-type]
@@ -228,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--udp-echo", type=int, default=0, dest="udp_echo")
     p.add_argument("--bulk-source", type=int, default=0, dest="bulk_source")
     p.add_argument("--bulk-sink", type=int, default=0, dest="bulk_sink")
+    p.add_argument("--eof-echo", type=int, default=0, dest="eof_echo")
+    p.add_argument("--reset", type=int, default=0)
     p.add_argument("--http", type=int, default=0)
     p.add_argument("--docroot", default=".")
     args = p.parse_args(argv)

@@ -589,7 +589,11 @@ class TcpConnection:
         c = self.layer.c
         # PAWS (RFC 7323 5.3)
         if self.ts_ok and seg.ts_val is not None and not flags & RST:
-            if seq_diff(seg.ts_val, self.ts_recent) < 0 and now - self.ts_recent_time < PAWS_IDLE:
+            # Linux tolerates one tick (TCP_PAWS_WINDOW) and lets a reordered duplicate ACK
+            # through (tcp_disordered_ack): it carries nothing PAWS protects against.
+            if (seq_diff(self.ts_recent, seg.ts_val) > 1 and now - self.ts_recent_time < PAWS_IDLE
+                    and not (not plen and not flags & (SYN | FIN) and seq_r == self.rcv_nxt
+                             and to_offset(seg.ack, self.snd_una, self.iss) == self.snd_una)):
                 c["drop.paws"] += 1
                 self.send_ack()
                 return
