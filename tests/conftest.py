@@ -104,3 +104,29 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
         yield make
     finally:
         _close_checked(labs)
+
+
+# -- a stack in the lab's client namespace ------------------------------------------------------------
+@pytest.fixture(params=["shared", "own"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """The stack's mode: sharing the client's address (NFQUEUE diversion) or owning one."""
+    return str(request.param)
+
+
+@pytest.fixture
+def runtime(lab: Lab, mode: str) -> Iterator[Any]:
+    """A started runtime in ``lab``'s client namespace, the kernel's own TCP/UDP egress REJECTed
+    there; teardown fails the test if diversion rules were left or the kernel sent TCP/UDP itself."""
+    from lab_runtime import usocket_rules
+
+    from usocket.runtime import Runtime
+
+    lab.block_kernel_egress()
+    rt = Runtime(lab.stack_config(mode))
+    rt.start()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+        assert usocket_rules(lab) == [], "the runtime left diversion rules behind"
+    assert lab.kernel_egress_rejected() == 0, "the client kernel sent TCP/UDP itself"

@@ -16,37 +16,13 @@ import sys
 import textwrap
 
 import pytest
+from lab_runtime import stack_ip, usocket_rules
 
 from usocket.dgram import DatagramSocket
 from usocket.runtime import Runtime
 from usocket.wire.addr import ip_aton, mac_aton
 
 pytestmark = pytest.mark.lab
-
-
-def usocket_rules(lab, ns=None):
-    return [r for r in lab.iptables_rules(ns or lab.client_ns) if "usocket" in r.lower() or "NFQUEUE" in r]
-
-
-@pytest.fixture(params=["shared", "own"])
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def runtime(lab, mode):
-    lab.block_kernel_egress()
-    rt = Runtime(lab.stack_config(mode))
-    rt.start()
-    try:
-        yield rt
-    finally:
-        rt.stop()
-        assert usocket_rules(lab) == [], "the runtime left diversion rules behind"
-
-
-def stack_ip(lab, mode):
-    return lab.client_ip if mode == "shared" else lab.own_ip
 
 
 def test_arp_resolves_the_peer(lab, runtime, mode):

@@ -32,6 +32,7 @@ import threading
 import time
 
 import pytest
+from lab_runtime import stack_ip, usocket_rules
 
 from usocket.lab.servers import bulk_chunks, bulk_pattern, bulk_request, bulk_sha256, parse_sink_reply
 from usocket.runtime import Runtime
@@ -41,32 +42,6 @@ pytestmark = pytest.mark.lab
 
 BULK = int(os.environ.get("USOCKET_LAB_BULK_MIB", "64")) << 20
 LOSS = 0.05
-
-
-def usocket_rules(lab, ns=None):
-    return [r for r in lab.iptables_rules(ns or lab.client_ns) if "usocket" in r.lower() or "NFQUEUE" in r]
-
-
-@pytest.fixture(params=["shared", "own"])
-def mode(request):
-    return request.param
-
-
-@pytest.fixture
-def runtime(lab, mode):
-    lab.block_kernel_egress()
-    rt = Runtime(lab.stack_config(mode))
-    rt.start()
-    try:
-        yield rt
-    finally:
-        rt.stop()
-        assert usocket_rules(lab) == [], "the runtime left diversion rules behind"
-    assert lab.kernel_egress_rejected() == 0, "the client kernel sent TCP/UDP itself"
-
-
-def stack_ip(lab, mode):
-    return lab.client_ip if mode == "shared" else lab.own_ip
 
 
 def report(capsys, text):

@@ -818,7 +818,7 @@ class Resolver:
         """
         self.c["truncated"] += 1
         tcp = getattr(self.stack, "tcp", None)
-        server = next(iter(query.sent_to), None) if len(query.sent_to) == 1 else query.last_server
+        server = query.last_server  # the server that truncated (replies come only from sent_to)
         if tcp is None or server is None:
             return self.truncated_fallback(query, msg)
         try:

@@ -171,6 +171,7 @@ class TcpConnection:
         self.syn_children: set[TcpConnection] = set()
         self.parent: TcpConnection | None = None
         self.child_class: type[TcpConnection] | None = None
+        self.flow_open = False  # the layer told stack.flows about this connection/listener
         # -- sequence space --------------------------------------------------------------------
         self.iss = 0
         self.irs = 0
@@ -287,6 +288,12 @@ class TcpConnection:
         while (space >> shift) > 0xFFFF and shift < MAX_WSCALE:
             shift += 1
         return shift
+
+    def make_child(self) -> TcpConnection:
+        """The connection object for a passive open of this listener: ``child_class`` if set,
+        else the listener's own class, constructed with the layer only. Override for classes
+        that need more arguments."""
+        return (self.child_class or type(self))(self.layer)
 
     def initial_window(self) -> int | None:
         """Initial congestion window in bytes; None for the algorithm's default (RFC 6928)."""
@@ -687,7 +694,7 @@ class TcpConnection:
                     self._abort(0)
                     return
                 self._data(payload, seq_r)
-            elif state == TIME_WAIT or state in (CLOSE_WAIT, CLOSING, LAST_ACK):
+            elif state in (CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT):
                 if seq_r + plen > self.rcv_nxt:
                     c["drop.data_after_fin"] += 1
                 self.ack_soon()

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from ...wire.ipv4 import IPv4Header
 
 _SEQ = struct.Struct("!HHI")
-_FLOW_OPEN = "_usocket_flow"
 
 
 def _err(code: int) -> OSError:
@@ -161,8 +160,6 @@ class TcpLayer:
         state = conn.state
         if state == SYN_SENT:
             raise _err(errno.EALREADY)
-        if state == LISTEN:
-            raise _err(errno.EISCONN)
         if state != CLOSED:
             raise _err(errno.EISCONN)
         if conn.remote_ip is not None:
@@ -196,7 +193,7 @@ class TcpLayer:
                 self._drop_port(conn)
                 conn.local_port = 0
             raise
-        setattr(conn, _FLOW_OPEN, True)
+        conn.flow_open = True
         if conn.local_ip == ANY_IP:
             conn.local_ip = self.stack.config.address
         conn.remote_ip, conn.remote_port = ip, port
@@ -218,7 +215,7 @@ class TcpLayer:
         elif self._conflicts_listen(conn):
             raise _err(errno.EADDRINUSE)
         self.stack.flows.flow_opened(PROTO_TCP, conn.local_port, None)
-        setattr(conn, _FLOW_OPEN, True)
+        conn.flow_open = True
         conn.state = LISTEN
         conn.backlog = backlog
         self.listeners.setdefault(conn.local_port, []).insert(0, conn)
@@ -241,12 +238,12 @@ class TcpLayer:
         """The oldest established connection of ``listener``'s queue, or None."""
         if listener.state != LISTEN:
             raise _err(errno.EINVAL)
-        while listener.accept_queue:
-            child = listener.accept_queue.popleft()
-            child.parent = None
-            self.c["accept"] += 1
-            return child
-        return None
+        if not listener.accept_queue:
+            return None
+        child = listener.accept_queue.popleft()
+        child.parent = None
+        self.c["accept"] += 1
+        return child
 
     def close(self, conn: TcpConnection) -> None:
         """Close a listener or an unconnected socket; connections use ``conn.close()``. At
@@ -259,8 +256,8 @@ class TcpLayer:
                 if not bucket:
                     del self.listeners[conn.local_port]
             conn.state = CLOSED
-            if getattr(conn, _FLOW_OPEN, False):
-                setattr(conn, _FLOW_OPEN, False)
+            if conn.flow_open:
+                conn.flow_open = False
                 self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, None)
             for child in list(conn.syn_children) + list(conn.accept_queue):
                 child.abort()
@@ -282,8 +279,8 @@ class TcpLayer:
             key = (conn.local_port, conn.remote_ip, conn.remote_port)
             if self.conns.get(key) is conn:
                 del self.conns[key]
-            if getattr(conn, _FLOW_OPEN, False):
-                setattr(conn, _FLOW_OPEN, False)
+            if conn.flow_open:
+                conn.flow_open = False
                 self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, (conn.remote_ip, conn.remote_port))
         parent = conn.parent
         if parent is not None:
@@ -305,15 +302,6 @@ class TcpLayer:
     def syn_backlog(self, listener: TcpConnection) -> int:
         return min(max(listener.backlog, 8), self.config.max_syn_backlog)
 
-    def make_child(self, listener: TcpConnection) -> TcpConnection:
-        """The connection object for a new passive open; ``listener.child_class`` if set, else
-        the listener's own class (constructed with the layer only). Override, or set
-        ``child_class``, for classes that need more arguments."""
-        factory = getattr(listener, "make_child", None)
-        if factory is not None:
-            return factory()  # type: ignore[no-any-return]
-        return (listener.child_class or type(listener))(self)
-
     def _listen_input(self, listener: TcpConnection, seg: Segment, ip_header: IPv4Header) -> None:
         flags = seg.flags
         c = self.c
@@ -332,7 +320,7 @@ class TcpLayer:
         if len(listener.syn_children) >= self.syn_backlog(listener):
             c["syn_queue_full"] += 1
             return
-        child = self.make_child(listener)
+        child = listener.make_child()
         for attr in ("reuse_addr", "reuse_port", "nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt",
                      "ttl", "tos", "linger", "user_mss", "congestion", "rcvbuf_locked", "rcvbuf_max",
                      "retries2", "user_timeout"):
@@ -368,7 +356,7 @@ class TcpLayer:
             self.c["abort.flow"] += 1
             child.abort()
             return
-        setattr(child, _FLOW_OPEN, True)
+        child.flow_open = True
         parent.accept_queue.append(child)
         parent.on_accept_ready()
 
