@@ -130,3 +130,37 @@ def runtime(lab: Lab, mode: str) -> Iterator[Any]:
         rt.stop()
         assert usocket_rules(lab) == [], "the runtime left diversion rules behind"
     assert lab.kernel_egress_rejected() == 0, "the client kernel sent TCP/UDP itself"
+
+
+# -- the socket facade ------------------------------------------------------------------------------
+@pytest.fixture
+def loop_runtime() -> Iterator[Any]:
+    """A runtime with no network (own mode, 10.0.0.1/24 on one end of an in-memory link pair),
+    installed as the process-wide one: ``usocket.socket`` clients and servers in the test talk
+    to each other through the stack's own address (10.0.0.1)."""
+    from usocket.config import StackConfig
+    from usocket.link.memory import link_pair
+    from usocket.runtime import Runtime, set_runtime
+
+    end, other = link_pair()
+    rt = Runtime(StackConfig(address=bytes([10, 0, 0, 1]), prefix_len=24), link=end, divert=False)
+    rt.start()
+    prev = set_runtime(rt)
+    try:
+        yield rt
+    finally:
+        set_runtime(prev)
+        rt.stop()
+        other.close()
+
+
+@pytest.fixture
+def facade_runtime(runtime: Any) -> Iterator[Any]:
+    """The lab ``runtime`` installed as the process-wide one, so ``usocket.socket`` uses it."""
+    from usocket.runtime import set_runtime
+
+    prev = set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(prev)

@@ -1,4 +1,31 @@
-"""usocket: a TCP/IP stack in user space behind the stdlib socket API."""
+"""usocket: a TCP/IP stack in user space behind the stdlib socket API.
+
+``import usocket as socket`` is a drop-in for the stdlib module: every public name of ``socket``
+exists here, the constants, exceptions, enums and pure helpers being the stdlib's own objects;
+``socket``/``SocketType`` create AF_INET stream and datagram sockets on the userland stack (other
+families stay the kernel's), and the resolver functions ask the stack's DNS. The stack starts at
+the first socket (see :func:`usocket.runtime.get_runtime`).
+"""
 from __future__ import annotations
 
+import socket as _stdsocket
+
 __version__ = "0.1.0"
+
+# Everything of the stdlib module first (identical objects), then ours over it.
+for _name in dir(_stdsocket):
+    if not _name.startswith("__"):
+        globals()[_name] = getattr(_stdsocket, _name)
+__all__ = list(_stdsocket.__all__)
+
+from .facade.sockets import SocketType, socket  # noqa: E402
+from .facade import names as _names  # noqa: E402
+
+for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
+    if hasattr(_names, _name):
+        globals()[_name] = getattr(_names, _name)
+
+from .facade import api as _api  # noqa: E402
+
+_api.install(globals())
+del _name

@@ -23,7 +23,7 @@ import atexit
 import collections
 import logging
 import os
-import selectors
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +74,8 @@ class Runtime:
         self._start_error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop_callbacks: list[Callable[[], None]] = []
+        self._epoll: Any = None
+        self._handlers: dict[int, Callable[[int], None]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -247,20 +249,40 @@ class Runtime:
             if fut is not None and fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeStopped("usocket runtime stopped"))
 
+    # -- descriptors watched by the stack thread ---------------------------------------------------
+    def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        """Watch ``fd`` for ``events`` (``select.EPOLL*`` bits) and call ``handler(events)`` on
+        the stack thread when they occur. Stack thread only (the socket facade's bridges)."""
+        self._handlers[fd] = handler
+        self._epoll.register(fd, events)
+
+    def rewatch(self, fd: int, events: int) -> None:
+        """Change the events ``fd`` is watched for (stack thread only)."""
+        self._epoll.modify(fd, events)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (stack thread only; before the descriptor is closed)."""
+        if self._handlers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         stack = self.stack
         assert stack is not None
-        sel = selectors.DefaultSelector()
         link = self.link
+        ep = self._epoll = select.epoll()
+        handlers = self._handlers = {}
         try:
-            sel.register(link.fileno(), selectors.EVENT_READ, "link")
-            sel.register(self._wake_fd, selectors.EVENT_READ, "wake")
+            self.watch(link.fileno(), select.EPOLLIN, self._on_link)
+            self.watch(self._wake_fd, select.EPOLLIN, self._on_wake)
             if self.divert is not None:
-                sel.register(self.divert.fileno(), selectors.EVENT_READ, "divert")
+                self.watch(self.divert.fileno(), select.EPOLLIN, self._on_divert)
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._start_error = exc
-            sel.close()
+            ep.close()
             self._started.set()
             return
         self._started.set()
@@ -268,19 +290,22 @@ class Runtime:
         try:
             while self._state == "running":
                 deadline = stack.poll_at()
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    events = sel.select(timeout)
+                    events = ep.poll(timeout)
                 except InterruptedError:
                     continue
                 now = time.monotonic()
                 stack.now = now
-                for key, _ in events:
+                for fd, ev in events:
+                    handler = handlers.get(fd)
+                    if handler is None:
+                        continue
                     try:
-                        self._handle(key.data, link, sel, now)
+                        handler(ev)
                     except Exception:  # noqa: BLE001 - the stack thread survives anything
                         errors["errors"] += 1
-                        log.exception("usocket: error handling %s", key.data)
+                        log.exception("usocket: error handling events of fd %d", fd)
                 self._run_calls(errors)
                 self._tick(stack, link, errors)
         finally:
@@ -295,30 +320,34 @@ class Runtime:
                     log.exception("usocket: error while shutting the stack down")
                 self._fail_pending()
             finally:
-                sel.close()
+                ep.close()
+                handlers.clear()
                 self._close_resources()
                 self._run_stop_callbacks()
 
-    def _handle(self, what: str, link: Any, sel: selectors.BaseSelector, now: float) -> None:
+    def _on_link(self, events: int) -> None:
         stack = self.stack
         assert stack is not None
-        if what == "link":
-            for frame, csum_ok in link.recv_batch(64):
-                try:
-                    stack.receive_frame(frame, now, csum_ok)
-                except Exception:  # noqa: BLE001 - one bad frame must not cost the batch
-                    stack.counters.layer("runtime")["errors"] += 1
-                    log.exception("usocket: error processing a frame")
-            if getattr(link, "eof", False):
-                sel.unregister(link.fileno())
-                log.error("usocket: link %s reached end of file; no more frames", link.name)
-        elif what == "divert":
-            self.divert.read(self._divert_handler, 64)
-        else:
+        link = self.link
+        now = stack.now
+        for frame, csum_ok in link.recv_batch(64):
             try:
-                os.eventfd_read(self._wake_fd)
-            except BlockingIOError:
-                pass
+                stack.receive_frame(frame, now, csum_ok)
+            except Exception:  # noqa: BLE001 - one bad frame must not cost the batch
+                stack.counters.layer("runtime")["errors"] += 1
+                log.exception("usocket: error processing a frame")
+        if getattr(link, "eof", False):
+            self.unwatch(link.fileno())
+            log.error("usocket: link %s reached end of file; no more frames", link.name)
+
+    def _on_divert(self, events: int) -> None:
+        self.divert.read(self._divert_handler, 64)
+
+    def _on_wake(self, events: int) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
 
     def _run_calls(self, errors: Any) -> None:
         calls = self._calls

@@ -363,6 +363,19 @@ class TcpConnection:
             self.cc = cls(self.mss, self.now, self.initial_window())
             self.cc.cwnd, self.cc.ssthresh = old.cwnd, old.ssthresh
 
+    def set_keepalive(self, on: bool) -> None:
+        """SO_KEEPALIVE (also re-arms the timer after TCP_KEEPIDLE changes)."""
+        self.keepalive = on
+        self._arm_keepalive()
+        self._changed()
+
+    def set_nodelay(self, on: bool) -> None:
+        """TCP_NODELAY: turning it on pushes data Nagle was holding, as Linux does."""
+        self.nodelay = on
+        if on and self.state in SYNCHRONIZED:
+            self._output()
+            self._changed()
+
     def _changed(self) -> None:
         self.layer.reschedule(self)
 

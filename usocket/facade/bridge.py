@@ -1,0 +1,530 @@
+"""The stack-thread side of the socket facade: one bridge per userland socket.
+
+Every AF_INET socket of the facade owns a real descriptor: the *application end* of an
+``AF_UNIX`` socketpair, which is what ``fileno()`` returns. The *stack end* stays here, watched by
+the runtime's epoll, and a bridge moves bytes between it and the stack:
+
+- TCP (``SOCK_STREAM`` pair): bytes the application writes are read from the stack end as the TCP
+  send buffer has room (so a full TCP buffer blocks the writer), bytes TCP receives are written to
+  the stack end as the pair takes them (so a slow reader closes the TCP window). The peer's FIN is
+  a ``shutdown(SHUT_WR)`` of the stack end, so the application reads EOF after the data; the
+  application's ``shutdown(SHUT_WR)`` arrives here as EOF and becomes our FIN; its ``close()``
+  (or the last descriptor going away) arrives as ``EPOLLHUP`` and becomes ``TcpConnection.close()``
+  — with ``ECONNRESET`` on the stack end when it closed with unread data, which becomes an RST as
+  Linux's ``tcp_close`` would send.
+- UDP (``SOCK_SEQPACKET`` pair): each datagram is one record ``kind, ip, port`` + payload, so the
+  descriptor is readable exactly when a datagram (or an error report) is queued; datagrams that do
+  not fit the pair's buffer are dropped like a full ``SO_RCVBUF``.
+
+Readiness therefore comes from the kernel and is exact. The one state a socketpair cannot show by
+itself is "neither readable nor writable" (a socket that is not connected yet, or a listener):
+the application end is created with :data:`FILLER` bytes already written into it and not read
+(so its send buffer is beyond the writability threshold); the bridge reads and discards them when
+the connection is established (or fails). A listener keeps its filler, and is readable when the
+bridge has written one token byte per connection waiting in its accept queue.
+
+The stack thread never touches an application descriptor (the application may close it and the
+number be reused at any time): everything it does goes through its own end.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket
+import struct
+import threading
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
+from typing import Any
+
+from ..proto.tcp.connection import CLOSED, LISTEN, TcpConnection
+from ..proto.udp import UdpEndpoint
+from ..runtime import Runtime
+
+CHUNK = 256 * 1024  # bytes moved per read/write of a pair end
+PULL_LIMIT = 1 << 20  # bytes taken from one application per wakeup (fairness between sockets)
+RECORD = struct.Struct("!B4sHx")  # UDP record header: kind, source ip, source port
+REC_DATA, REC_ERROR = 0, 1
+_DONTWAIT = _socket.MSG_DONTWAIT
+
+
+def filler_size(sock: _socket.socket) -> int:
+    """Bytes to leave unread in ``sock``'s send direction so that it is not writable: Linux's
+    ``unix_writable`` wants the queued memory at most a quarter of SO_SNDBUF."""
+    return sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) // 4 + 4096
+
+
+def write_filler(app: _socket.socket) -> int:
+    """Make ``app`` (the application end) unwritable; returns the bytes written."""
+    n = filler_size(app)
+    sent = 0
+    chunk = b"\0" * n
+    while sent < n:
+        try:
+            sent += app.send(chunk[: n - sent], _DONTWAIT)
+        except BlockingIOError:
+            break
+    return sent
+
+
+# ------------------------------------------------------------------------------- registry
+class Registry:
+    """Bridges by the inode of their application end, so that ``socket(fileno=fd)`` (``dup``,
+    ``ssl``, ``fromfd``) finds the bridge of a descriptor it is given. Any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_ino: dict[int, Bridge] = {}
+
+    def add(self, bridge: Bridge) -> None:
+        with self._lock:
+            self._by_ino[bridge.ino] = bridge
+
+    def remove(self, bridge: Bridge) -> None:
+        with self._lock:
+            if self._by_ino.get(bridge.ino) is bridge:
+                del self._by_ino[bridge.ino]
+
+    def lookup(self, fd: int) -> Bridge | None:
+        try:
+            ino = os.fstat(fd).st_ino
+        except OSError:
+            return None
+        with self._lock:
+            return self._by_ino.get(ino)
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+
+registry = Registry()
+
+
+# ------------------------------------------------------------------------------- bridges
+class Bridge:
+    """What both kinds share: the stack end, its epoll registration, the clean-up."""
+
+    kind = _socket.SOCK_STREAM
+
+    def __init__(self, rt: Runtime, stack_end: _socket.socket, ino: int) -> None:
+        self.rt = rt
+        self.end = stack_end
+        self.fd = stack_end.fileno()
+        self.ino = ino
+        self.mask = -1
+        self.gone = False  # stack end closed: the application closed its end or the runtime stopped
+        self.error = 0  # an error for the application (SO_ERROR), taken once
+
+    def attach(self) -> None:
+        """Start watching the stack end (stack thread)."""
+        self.mask = self.wanted()
+        self.rt.watch(self.fd, self.mask, self.on_events)
+        registry.add(self)
+
+    def wanted(self) -> int:
+        return 0  # EPOLLHUP and EPOLLERR are always reported
+
+    def update(self) -> None:
+        if self.gone:
+            return
+        m = self.wanted()
+        if m != self.mask:
+            self.mask = m
+            self.rt.rewatch(self.fd, m)
+
+    def on_events(self, events: int) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Forget the stack end (stack thread); the application end now reads EOF."""
+        if self.gone:
+            return
+        self.gone = True
+        self.rt.unwatch(self.fd)
+        registry.remove(self)
+        try:
+            self.end.close()
+        except OSError:
+            pass
+
+    def take_error(self) -> int:
+        e, self.error = self.error, 0
+        return e
+
+
+class FacadeConnection(TcpConnection):
+    """A TCP connection whose events drive its :class:`StreamBridge`."""
+
+    bridge: StreamBridge | None = None
+
+    def on_established(self) -> None:
+        if self.bridge is not None:
+            self.bridge.established()
+
+    def on_readable(self) -> None:
+        if self.bridge is not None:
+            self.bridge.push()
+
+    def on_writable(self) -> None:
+        if self.bridge is not None:
+            self.bridge.pull()
+
+    def on_accept_ready(self) -> None:
+        if self.bridge is not None:
+            self.bridge.sync_tokens()
+
+    def on_closed(self) -> None:
+        if self.bridge is not None:
+            self.bridge.conn_ended()
+
+    def on_error(self) -> None:
+        if self.bridge is not None:
+            self.bridge.conn_ended()
+
+    def on_shutdown(self) -> None:
+        if self.bridge is not None:
+            self.bridge.release()
+
+    def make_child(self) -> FacadeConnection:
+        return type(self)(self.layer)
+
+
+class StreamBridge(Bridge):
+    """A TCP socket: the pair's stack end <-> a :class:`FacadeConnection`."""
+
+    def __init__(self, rt: Runtime, stack_end: _socket.socket, ino: int, conn: FacadeConnection,
+                 filler: int) -> None:
+        super().__init__(rt, stack_end, ino)
+        self.conn = conn
+        conn.bridge = self
+        self.filler = filler  # application-written bytes still to discard
+        self.connected = False  # ever established (what send/recv may assume)
+        self.failed = False  # the last connection attempt failed
+        self.pending: memoryview | None = None  # received bytes the pair did not take yet
+        self.rx_done = False  # EOF (or an error) passed to the application
+        self.tx_done = False  # EOF read from the application (our FIN is queued)
+        self.app_rd_shut = False  # the application did shutdown(SHUT_RD)
+        self.tokens = 0  # listener: token bytes written for the accept queue
+
+    # -- interest --------------------------------------------------------------------------
+    def wanted(self) -> int:
+        m = 0
+        if self.connected and not self.tx_done:
+            if self.conn.send_space > 0 or self.conn.state == CLOSED:
+                m |= EPOLLIN | EPOLLRDHUP
+        if self.pending is not None:
+            m |= EPOLLOUT
+        return m
+
+    def on_events(self, events: int) -> None:
+        if self.gone:
+            return
+        if events & EPOLLOUT:
+            self.push()
+        if events & (EPOLLIN | EPOLLRDHUP):
+            self.pull()
+        if events & (EPOLLHUP | EPOLLERR) and not self.gone:
+            self.app_closed()
+        self.update()
+
+    # -- connection set-up (stack thread, called by the facade) --------------------------------
+    def start_connect(self, ip: bytes, port: int, refill: int) -> None:
+        self.filler += refill
+        self.failed = False
+        self.rt.stack.tcp.connect(self.conn, ip, port)  # raises EISCONN, EALREADY, ENETUNREACH...
+
+    def connect_status(self) -> bool | None:
+        """True: established; None: in progress; raises the error of a failed attempt."""
+        if self.connected:
+            return True
+        if self.failed:
+            code = self.take_error() or self.conn.take_error() or errno.ECONNREFUSED
+            raise OSError(code, os.strerror(code))
+        return None
+
+    def established(self) -> None:
+        self.connected = True
+        self.drain_filler()
+        self.push()
+        self.pull()
+        self.update()
+
+    def drain_filler(self) -> None:
+        while self.filler > 0:
+            try:
+                got = self.end.recv(min(self.filler, CHUNK), _DONTWAIT)
+            except (BlockingIOError, ConnectionResetError):
+                return
+            if not got:
+                return
+            self.filler -= len(got)
+
+    def listen(self, backlog: int) -> None:
+        self.rt.stack.tcp.listen(self.conn, backlog)
+        self.sync_tokens()
+
+    def sync_tokens(self) -> None:
+        """Listener: one token byte in the pair per connection waiting to be accepted."""
+        want = len(self.conn.accept_queue)
+        if want > self.tokens and not self.gone:
+            try:
+                self.tokens += self.end.send(b"\0" * (want - self.tokens), _DONTWAIT)
+            except OSError:
+                pass
+
+    def accept(self) -> tuple[int, int, Any]:
+        """Listener: ``(tokens to consume, application fd or -1, child connection)``."""
+        layer = self.rt.stack.tcp
+        child = layer.accept(self.conn)
+        want = len(self.conn.accept_queue)
+        consume = max(0, self.tokens - want)
+        self.tokens -= consume
+        if child is None:
+            return consume, -1, None
+        assert isinstance(child, FacadeConnection)
+        app, end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        end.setblocking(False)
+        bridge = StreamBridge(self.rt, end, os.fstat(app.fileno()).st_ino, child, 0)
+        bridge.connected = True
+        bridge.attach()
+        bridge.push()
+        bridge.pull()
+        if child.state == CLOSED:
+            bridge.conn_ended()
+        bridge.update()
+        return consume, app.detach(), child
+
+    # -- data -----------------------------------------------------------------------------
+    def push(self) -> None:
+        """Received bytes -> the application (as much as the pair takes)."""
+        if self.gone or self.rx_done or not self.connected:
+            return
+        conn = self.conn
+        end = self.end
+        while True:
+            data = self.pending
+            if data is None:
+                try:
+                    got = conn.recv(CHUNK)
+                except OSError as e:  # ECONNRESET, ETIMEDOUT...: the application reads EOF, then it
+                    self.error = e.errno or errno.ECONNRESET
+                    self.end_rx()
+                    return
+                if got is None:
+                    return
+                if not got:
+                    self.end_rx()
+                    return
+                data = memoryview(got)
+            try:
+                n = end.send(data, _DONTWAIT)
+            except BlockingIOError:
+                self.pending = data
+                self.update()
+                return
+            except OSError:  # the application shut its reading side or went away: discard
+                self.pending = None
+                self.rx_done = True
+                return
+            if n < len(data):
+                self.pending = data[n:]
+                self.update()
+                return
+            if self.pending is not None:
+                self.pending = None
+                self.update()
+
+    def end_rx(self) -> None:
+        if self.rx_done:
+            return
+        self.rx_done = True
+        if self.app_rd_shut:
+            return
+        try:
+            self.end.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def pull(self) -> None:
+        """Bytes the application wrote -> the TCP send buffer."""
+        if self.gone or not self.connected or self.tx_done:
+            return
+        conn = self.conn
+        end = self.end
+        moved = 0
+        while moved < PULL_LIMIT:
+            dead = conn.state == CLOSED
+            space = conn.send_space
+            if space <= 0 and not dead:
+                break
+            try:
+                data = end.recv(CHUNK if dead else min(space, CHUNK), _DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:  # ECONNRESET: the application closed with data unread
+                self.app_closed()
+                return
+            if not data:
+                self.tx_done = True
+                if not dead:
+                    try:
+                        conn.shutdown(_socket.SHUT_WR)
+                    except OSError:
+                        pass
+                break
+            moved += len(data)
+            if dead:
+                continue  # nobody to send to: the application learns it from send()'s check
+            try:
+                conn.send(data)
+            except OSError as e:
+                self.error = self.error or e.errno or errno.EPIPE
+        self.update()
+
+    def conn_ended(self) -> None:
+        """The connection failed, was reset or closed."""
+        if not self.connected:
+            self.failed = True
+            self.error = self.error or self.conn.take_error()
+            self.drain_filler()  # a failed connect makes the socket writable (SO_ERROR tells)
+            return
+        self.push()
+        self.update()
+
+    def app_closed(self) -> None:
+        """EPOLLHUP/EPOLLERR: the application closed its end (every descriptor of it), or shut
+        both directions: finish sending what it wrote, then close the connection."""
+        conn = self.conn
+        reset = False
+        try:
+            reset = self.end.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR) == errno.ECONNRESET
+        except OSError:
+            pass
+        if not reset and self.connected and not self.tx_done and conn.state != CLOSED:
+            # take what is left in the pair; the close below queues FIN after it
+            while True:
+                try:
+                    data = self.end.recv(CHUNK, _DONTWAIT)
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    conn.sndbuf.capacity = max(conn.sndbuf.capacity, len(conn.sndbuf) + len(data))
+                    conn.send(data)
+                except OSError:
+                    break
+        conn.bridge = None
+        self.release()
+        if conn.state == LISTEN or conn.state == CLOSED:
+            self.rt.stack.tcp.close(conn)
+        elif reset:
+            conn.abort()
+        else:
+            conn.close()
+
+
+class FacadeEndpoint(UdpEndpoint):
+    """A UDP endpoint delivering into its :class:`DatagramBridge`."""
+
+    bridge: DatagramBridge | None = None
+
+    def on_datagram(self, data: bytes, src_ip: bytes, src_port: int) -> None:
+        b = self.bridge
+        if b is None or b.gone:
+            return
+        try:
+            b.end.send(RECORD.pack(REC_DATA, src_ip, src_port) + data, _DONTWAIT)
+        except BlockingIOError:
+            self.layer.c["drop.rcvbuf"] += 1
+        except OSError:
+            self.layer.c["drop.closed"] += 1
+
+    def on_error(self, err: Any) -> None:
+        super().on_error(err)
+        b = self.bridge
+        if b is not None and not b.gone:
+            try:
+                b.end.send(RECORD.pack(REC_ERROR, b"\0\0\0\0", err.errno), _DONTWAIT)
+            except OSError:
+                pass
+
+    def on_shutdown(self) -> None:
+        if self.bridge is not None:
+            self.bridge.release()
+
+
+class DatagramBridge(Bridge):
+    kind = _socket.SOCK_DGRAM
+
+    def __init__(self, rt: Runtime, stack_end: _socket.socket, ino: int, ep: FacadeEndpoint) -> None:
+        super().__init__(rt, stack_end, ino)
+        self.ep = ep
+        ep.bridge = self
+
+    def on_events(self, events: int) -> None:
+        if events & (EPOLLHUP | EPOLLERR) and not self.gone:
+            self.ep.bridge = None
+            self.release()
+            self.rt.stack.udp.close(self.ep)
+
+    def set_rcvbuf(self, size: int) -> None:
+        self.ep.rcvbuf = size
+        try:
+            self.end.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, max(1, size // 2))
+        except OSError:
+            pass
+
+    def take_error(self) -> int:
+        return self.ep.take_error()
+
+
+# ------------------------------------------------------------------------------- creation
+def new_stream(rt: Runtime) -> tuple[_socket.socket, StreamBridge, int]:
+    """A TCP socket's pair: ``(application end, bridge, filler bytes)`` (any thread)."""
+    app, end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    end.setblocking(False)
+    filler = write_filler(app)
+    ino = os.fstat(app.fileno()).st_ino
+
+    def make() -> StreamBridge:
+        stack = rt.stack
+        assert stack is not None
+        conn = stack.tcp.open(FacadeConnection)
+        assert isinstance(conn, FacadeConnection)
+        bridge = StreamBridge(rt, end, ino, conn, filler)
+        bridge.attach()
+        return bridge
+
+    try:
+        return app, rt.call(make), filler
+    except BaseException:
+        app.close()
+        end.close()
+        raise
+
+
+def new_datagram(rt: Runtime) -> tuple[_socket.socket, DatagramBridge]:
+    app, end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    end.setblocking(False)
+    ino = os.fstat(app.fileno()).st_ino
+
+    def make() -> DatagramBridge:
+        stack = rt.stack
+        assert stack is not None
+        ep = stack.udp.open(FacadeEndpoint)
+        assert isinstance(ep, FacadeEndpoint)
+        bridge = DatagramBridge(rt, end, ino, ep)
+        bridge.set_rcvbuf(ep.rcvbuf)
+        bridge.attach()
+        return bridge
+
+    try:
+        return app, rt.call(make)
+    except BaseException:
+        app.close()
+        end.close()
+        raise
+
+
+__all__ = ["Bridge", "StreamBridge", "DatagramBridge", "FacadeConnection", "FacadeEndpoint",
+           "registry", "new_stream", "new_datagram", "write_filler", "RECORD", "REC_DATA", "REC_ERROR"]
