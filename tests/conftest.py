@@ -22,6 +22,10 @@ import pytest
 
 from usocket.lab import Lab
 
+# A test that creates a usocket socket without installing a runtime must not start a real stack on
+# the host's own interface (shared mode in the root namespace): get_runtime() refuses instead.
+os.environ.setdefault("USOCKET_DEFAULT_RUNTIME", "0")
+
 pytest_plugins = ["pytester"]  # tests/test_lab.py checks the skip/fail behaviour in a sub-session
 LAB_FIXTURES = {"lab", "make_lab"}
 

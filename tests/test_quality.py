@@ -24,6 +24,8 @@ ALLOWED = {
     "divert": {"divert", "core", "netns", "stack", "proto", "wire"},
     "stack": {"stack", "proto", "core", "config", "wire"},
     "config": {"config", "wire"},
+    # the socket facade sits on the runtime (an edge) and talks to protocol objects on its thread
+    "facade": {"facade", "runtime", "resolver", "stack", "proto", "wire", "core", "config"},
 }
 
 

@@ -18,8 +18,8 @@ for _name in dir(_stdsocket):
         globals()[_name] = getattr(_stdsocket, _name)
 __all__ = list(_stdsocket.__all__)
 
-from .facade.sockets import SocketType, socket  # noqa: E402
 from .facade import names as _names  # noqa: E402
+from .facade.sockets import SocketType, socket  # noqa: E402, F401 - in __all__ (the stdlib's)
 
 for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
     if hasattr(_names, _name):

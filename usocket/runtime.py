@@ -89,6 +89,7 @@ class Runtime:
                 return self
             if self._state == "stopped":
                 raise RuntimeStopped("a stopped usocket runtime cannot be restarted; create a new one")
+            _raise_nofile_limit()
             try:
                 self._open()
             except BaseException:
@@ -387,6 +388,24 @@ class Runtime:
         return True
 
 
+NOFILE_WANTED = 65536
+
+
+def _raise_nofile_limit() -> None:
+    """Each socket of the facade holds two descriptors (its socketpair's ends): raise the soft
+    RLIMIT_NOFILE towards the hard limit (at most :data:`NOFILE_WANTED`) so that a thousand
+    sockets fit. A process that set its own lower limit on purpose keeps it if it is above 4096."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
+        if soft != resource.RLIM_INFINITY and soft < 4096 and want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _broadcast(address: bytes, prefix_len: int) -> bytes:
     from .wire.addr import prefix_mask
 
@@ -403,6 +422,9 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None or _runtime._state == "stopped":
+            if os.environ.get("USOCKET_DEFAULT_RUNTIME") == "0":
+                raise RuntimeStopped("no usocket runtime installed and USOCKET_DEFAULT_RUNTIME=0 forbids "
+                                     "starting the default one (tests: use a runtime fixture)")
             rt = Runtime()
             rt.start()
             atexit.register(rt.stop)

@@ -107,6 +107,9 @@ class Bridge:
 
     def __init__(self, rt: Runtime, stack_end: _socket.socket, ino: int) -> None:
         self.rt = rt
+        stack = rt.stack
+        assert stack is not None
+        self.stack = stack
         self.end = stack_end
         self.fd = stack_end.fileno()
         self.ino = ino
@@ -199,7 +202,7 @@ class StreamBridge(Bridge):
         self.filler = filler  # application-written bytes still to discard
         self.connected = False  # ever established (what send/recv may assume)
         self.failed = False  # the last connection attempt failed
-        self.pending: memoryview | None = None  # received bytes the pair did not take yet
+        self.blocked = False  # the pair was full: wait for EPOLLOUT
         self.rx_done = False  # EOF (or an error) passed to the application
         self.tx_done = False  # EOF read from the application (our FIN is queued)
         self.app_rd_shut = False  # the application did shutdown(SHUT_RD)
@@ -211,7 +214,7 @@ class StreamBridge(Bridge):
         if self.connected and not self.tx_done:
             if self.conn.send_space > 0 or self.conn.state == CLOSED:
                 m |= EPOLLIN | EPOLLRDHUP
-        if self.pending is not None:
+        if self.blocked:
             m |= EPOLLOUT
         return m
 
@@ -230,7 +233,7 @@ class StreamBridge(Bridge):
     def start_connect(self, ip: bytes, port: int, refill: int) -> None:
         self.filler += refill
         self.failed = False
-        self.rt.stack.tcp.connect(self.conn, ip, port)  # raises EISCONN, EALREADY, ENETUNREACH...
+        self.stack.tcp.connect(self.conn, ip, port)  # raises EISCONN, EALREADY, ENETUNREACH...
 
     def connect_status(self) -> bool | None:
         """True: established; None: in progress; raises the error of a failed attempt."""
@@ -259,7 +262,7 @@ class StreamBridge(Bridge):
             self.filler -= len(got)
 
     def listen(self, backlog: int) -> None:
-        self.rt.stack.tcp.listen(self.conn, backlog)
+        self.stack.tcp.listen(self.conn, backlog)
         self.sync_tokens()
 
     def sync_tokens(self) -> None:
@@ -273,7 +276,7 @@ class StreamBridge(Bridge):
 
     def accept(self) -> tuple[int, int, Any]:
         """Listener: ``(tokens to consume, application fd or -1, child connection)``."""
-        layer = self.rt.stack.tcp
+        layer = self.stack.tcp
         child = layer.accept(self.conn)
         want = len(self.conn.accept_queue)
         consume = max(0, self.tokens - want)
@@ -295,42 +298,43 @@ class StreamBridge(Bridge):
 
     # -- data -----------------------------------------------------------------------------
     def push(self) -> None:
-        """Received bytes -> the application (as much as the pair takes)."""
+        """Received bytes -> the application, as much as the pair takes. The bytes stay in the
+        TCP receive buffer until the pair has taken them, so the window is what the application
+        has not read (plus the pair's own buffer), and a reader that stops closes it."""
         if self.gone or self.rx_done or not self.connected:
             return
         conn = self.conn
         end = self.end
         while True:
-            data = self.pending
+            try:
+                data = conn.recv(CHUNK, True)
+            except OSError as e:  # ECONNRESET, ETIMEDOUT...: the application reads EOF, then it
+                self.error = e.errno or errno.ECONNRESET
+                self.end_rx()
+                return
             if data is None:
-                try:
-                    got = conn.recv(CHUNK)
-                except OSError as e:  # ECONNRESET, ETIMEDOUT...: the application reads EOF, then it
-                    self.error = e.errno or errno.ECONNRESET
-                    self.end_rx()
-                    return
-                if got is None:
-                    return
-                if not got:
-                    self.end_rx()
-                    return
-                data = memoryview(got)
+                self.blocked = False
+                return
+            if not data:
+                self.end_rx()
+                return
             try:
                 n = end.send(data, _DONTWAIT)
             except BlockingIOError:
-                self.pending = data
-                self.update()
-                return
+                n = 0
             except OSError:  # the application shut its reading side or went away: discard
-                self.pending = None
+                conn.consume(len(data))
                 self.rx_done = True
                 return
+            if n:
+                conn.consume(n)
             if n < len(data):
-                self.pending = data[n:]
-                self.update()
+                if not self.blocked:
+                    self.blocked = True
+                    self.update()
                 return
-            if self.pending is not None:
-                self.pending = None
+            if self.blocked:
+                self.blocked = False
                 self.update()
 
     def end_rx(self) -> None:
@@ -416,7 +420,7 @@ class StreamBridge(Bridge):
         conn.bridge = None
         self.release()
         if conn.state == LISTEN or conn.state == CLOSED:
-            self.rt.stack.tcp.close(conn)
+            self.stack.tcp.close(conn)
         elif reset:
             conn.abort()
         else:
@@ -465,7 +469,7 @@ class DatagramBridge(Bridge):
         if events & (EPOLLHUP | EPOLLERR) and not self.gone:
             self.ep.bridge = None
             self.release()
-            self.rt.stack.udp.close(self.ep)
+            self.stack.udp.close(self.ep)
 
     def set_rcvbuf(self, size: int) -> None:
         self.ep.rcvbuf = size

@@ -86,7 +86,9 @@ class socket(_std.socket):
                 0, _std.IPPROTO_TCP if base == _STREAM else _std.IPPROTO_UDP):
             _SUPER.__init__(self, family, type, proto)  # the kernel's (and its errors)
             return
-        rt = get_runtime()
+        self._init_userland(get_runtime(), base, type, proto)
+
+    def _init_userland(self, rt: Runtime, base: int, type: int, proto: int) -> None:
         if base == _STREAM:
             app, b, _ = _bridge.new_stream(rt)
         else:
@@ -116,13 +118,12 @@ class socket(_std.socket):
         if _SUPER.fileno(self) < 0:
             raise _oserror(errno.EBADF)
 
-    def _address(self, address: Any, method: str) -> bytes | None:
-        """``(host, port)`` -> the IPv4 address as bytes (resolving names through the stack);
-        None when the socket went to the kernel (loopback)."""
+    def _address(self, address: Any, method: str) -> bytes:
+        """``(host, port)`` -> the IPv4 address as bytes (resolving names through the stack)."""
         if not isinstance(address, tuple):
             raise TypeError(f"{self._family_name()} address must be tuple, not {type(address).__name__}")
         if len(address) != 2:
-            raise TypeError(f"AF_INET address must be a pair (host, port)")
+            raise TypeError("AF_INET address must be a pair (host, port)")
         host, port = address
         if isinstance(host, (bytes, bytearray)):
             host = bytes(host).decode("idna")
@@ -175,9 +176,9 @@ class socket(_std.socket):
             self._to_kernel()
             return _SUPER.bind(self, address)
         if isinstance(b, StreamBridge):
-            self._call(b.rt.stack.tcp.bind, b.conn, ip, address[1])
+            self._call(b.stack.tcp.bind, b.conn, ip, address[1])
         else:
-            self._call(b.rt.stack.udp.bind, b.ep, ip, address[1])
+            self._call(b.stack.udp.bind, b.ep, ip, address[1])
 
     def listen(self, backlog: int = min(_std.SOMAXCONN, 128)) -> None:
         b = self._b
@@ -198,7 +199,7 @@ class socket(_std.socket):
             self._to_kernel()
             return _SUPER.connect(self, address)
         if isinstance(b, DatagramBridge):
-            self._call(b.rt.stack.udp.connect, b.ep, ip, address[1])
+            self._call(b.stack.udp.connect, b.ep, ip, address[1])
             return
         timeout = _SUPER.gettimeout(self)
         if not b.connected and b.conn.state.name == "SYN_SENT":
@@ -254,7 +255,7 @@ class socket(_std.socket):
     def accept(self) -> tuple[socket, tuple[str, int]]:
         b = self._b
         if b is None:
-            fd, addr = self._accept()
+            fd, addr = self._accept()  # type: ignore[attr-defined]
             sock = type(self)(self.family, self.type, self.proto, fileno=fd)
             if _std.getdefaulttimeout() is None and self.gettimeout():
                 sock.setblocking(True)
@@ -374,6 +375,8 @@ class socket(_std.socket):
             code = self._call(_take_stream_error, b)
             if code:
                 raise _oserror(code)
+        if not b.rt.running:
+            raise _oserror(errno.ENETDOWN)  # the stack stopped under us
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         b = self._b
@@ -549,6 +552,7 @@ class socket(_std.socket):
                 return _SUPER.setsockopt(self, level, optname, value)
             return _SUPER.setsockopt(self, level, optname, value, optlen)
         self._checkfd()
+        v: int | None
         if value is None:  # setsockopt(level, opt, None, optlen): a NULL value
             v = 0
         elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -567,7 +571,7 @@ class socket(_std.socket):
                 raise _oserror(errno.ENOPROTOOPT)
         self._opts.append((level, optname, value))
 
-    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> int | bytes:
+    def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:  # type: ignore[override]
         b = self._b
         if b is None:
             if buflen is None:
@@ -607,6 +611,19 @@ socket.__module__ = "usocket"
 SocketType = socket
 
 
+def socket_on(rt: Runtime, family: int = _AF_INET, type: int = _STREAM, proto: int = 0) -> socket:
+    """A userland ``socket(family, type, proto)`` on the runtime ``rt`` instead of the
+    process-wide one (several stacks in one process: tests, tools, experiments)."""
+    base = type & ~_TYPE_FLAGS
+    if family != _AF_INET or base not in (_STREAM, _DGRAM):
+        raise OSError(errno.EAFNOSUPPORT, "socket_on() makes AF_INET stream or datagram sockets")
+    sock = socket.__new__(socket)
+    sock._b = None
+    sock._opts = []
+    sock._init_userland(rt, base, type, proto)
+    return sock
+
+
 def _noop() -> None:
     pass
 
@@ -620,21 +637,21 @@ def _udp_send_connected(b: DatagramBridge, payload: bytes) -> int:
     code = b.ep.take_error() if b.ep.pending_error is not None else 0
     if code:
         raise _oserror(code)
-    return b.rt.stack.udp.send(b.ep, payload)
+    return b.stack.udp.send(b.ep, payload)
 
 
 def _udp_sendto(b: DatagramBridge, payload: bytes, ip: bytes, port: int) -> int:
     code = b.ep.take_error() if b.ep.pending_error is not None else 0
     if code:
         raise _oserror(code)
-    return b.rt.stack.udp.sendto(b.ep, payload, ip, port)
+    return b.stack.udp.sendto(b.ep, payload, ip, port)
 
 
 def _stream_shutdown(b: StreamBridge, how: int) -> None:
     conn = b.conn
     if conn.state.name == "LISTEN":
         if how in (0, 2):
-            b.rt.stack.tcp.close(conn)
+            b.stack.tcp.close(conn)
         return
     if not b.connected:
         if conn.state.name == "SYN_SENT":
@@ -768,7 +785,7 @@ def _getopt(b: Any, level: int, name: int) -> int | bytes | None:
         return None
     if level == _std.IPPROTO_IP:
         if name == _std.IP_TTL:
-            return obj.ttl if obj.ttl is not None else b.rt.stack.config.default_ttl
+            return obj.ttl if obj.ttl is not None else b.stack.config.default_ttl
         if name == _std.IP_TOS:
             return obj.tos
         return None
@@ -786,11 +803,11 @@ def _getopt(b: Any, level: int, name: int) -> int | bytes | None:
         if name == getattr(_std, "TCP_USER_TIMEOUT", -1):
             return int((obj.user_timeout or 0) * 1000)
         if name == getattr(_std, "TCP_SYNCNT", -1):
-            return obj.syn_retries if obj.syn_retries is not None else b.rt.stack.tcp.config.syn_retries
+            return obj.syn_retries if obj.syn_retries is not None else b.stack.tcp.config.syn_retries
         if name == getattr(_std, "TCP_CONGESTION", -1):
             return obj.congestion.encode().ljust(16, b"\0")
         return None
     return None
 
 
-__all__ = ["socket", "SocketType"]
+__all__ = ["socket", "SocketType", "socket_on"]

@@ -4,14 +4,19 @@
 
     client ns  usl-<pid>-<n>-c           server ns  usl-<pid>-<n>-s
       uslc 198.18.<m>.1/24  <--- veth --->  usls 198.18.<m>.2/24
-      default route via 198.18.<m>.2        kernel servers: echo, bulk, http.server, nginx, dnsmasq
-      /etc/netns/<ns>/resolv.conf, hosts
+      default route via 198.18.<m>.2        kernel servers: echo, bulk, http.server, XML-RPC,
+      /etc/netns/<ns>/resolv.conf, hosts   nginx (HTTP and HTTPS), dnsmasq
 
 ``<n>`` counts labs in this process; ``<m> = (n - 1) % 254 + 1``. Names are unique per process
 (pid + counter), so parallel labs and parallel pytest sessions never collide; addresses may repeat
 across processes, which is harmless because each pair of namespaces is isolated. Offloads stay on
 (checksum, TSO) as in a container. IPv6 is disabled in both namespaces (``ipv6=True`` keeps it) so
 captures hold only the traffic a test makes.
+
+TLS: each lab makes a throwaway CA (EC P-256, valid two days) and a server certificate signed by
+it for the server's names (:attr:`Lab.tls_names`: ``server.<domain>`` and its CNAME aliases) and
+its address; nginx serves the HTTP docroot over HTTPS with it. Clients verify against
+:attr:`Lab.ca_file` (``ssl.create_default_context(cafile=lab.ca_file)``).
 
 Teardown (:meth:`Lab.close`, run by ``__exit__`` even on exceptions and by ``atexit`` for labs
 still open) kills every process in both namespaces, deletes them, their ``/etc/netns`` dirs and
@@ -96,7 +101,12 @@ class Lab:
     Attributes: ``client_ns``/``server_ns``, ``client_if``/``server_if``, ``client_ip``/
     ``server_ip``/``own_ip`` (a free address for the stack's own mode), ``prefix_len``,
     ``client_mac``/``server_mac``, ``mtu``, ``ports`` (``closed`` is a port nothing listens on),
-    ``http_files`` ``{url path: (size, sha256 hex)}`` (``/`` serves ``/index.html``),
+    ``http_files`` ``{url path: (size, sha256 hex)}`` (``/`` serves ``/index.html``; the
+    ``http``, ``nginx`` and ``https`` servers serve the same files; ``POST`` to ``http`` answers
+    the body's size and hash, nginx takes ``PUT`` under ``/upload/``), ``server_name`` (the
+    server's DNS name), ``ca_file`` (the test CA's PEM), ``tls_names`` (the DNS names in the
+    server certificate, which also holds ``server_ip``), ``xmlrpc`` functions on ``ports['xmlrpc']``
+    (see :mod:`usocket.lab.servers`),
     ``dns_records`` ``{name: final addresses}`` with ``dns_a``/``dns_cnames``/``dns_ptr``/
     ``dns_nxdomain`` (dnsmasq answers names in :attr:`DOMAIN` and the lab's reverse zone,
     NXDOMAIN for unknown ones, REFUSED for everything else), ``hosts_records`` (the client's
@@ -108,7 +118,8 @@ class Lab:
     CLIENT_IF = "uslc"
     SERVER_IF = "usls"
     PORTS = {"tcp_echo": 7, "udp_echo": 7, "bulk_source": 19, "bulk_sink": 9, "http": 8000,
-             "nginx": 80, "dns": 53, "closed": 9999, "eof_echo": 2007, "reset": 2019}
+             "nginx": 80, "https": 443, "xmlrpc": 8001, "dns": 53, "closed": 9999, "eof_echo": 2007,
+             "reset": 2019}
     READY_TIMEOUT = 15.0
     _counter = itertools.count(1)
     _live: dict[int, Lab] = {}
@@ -137,6 +148,7 @@ class Lab:
         self.hosts_file = f"{ETC_NETNS}/{self.client_ns}/hosts"
         self.dns_log = ""
         self.http_files: dict[str, tuple[int, str]] = {}
+        self.ca_file = ""  # set when the servers start
         self._set_names()
         self._procs: list[subprocess.Popen[Any]] = []
         self._rules: dict[str, list[list[str]]] = {}  # ns -> iptables argv added by the lab
@@ -161,6 +173,10 @@ class Lab:
             self.dns_records[alias] = self.dns_a[target]
         self.dns_ptr = {s: f"server.{d}", c: f"client.{d}"}
         self.dns_nxdomain = f"nonexistent.{d}"  # any name in the domain not listed is NXDOMAIN
+        self.server_name = f"server.{d}"
+        # The server certificate's DNS names: the server's own and the aliases that lead to it.
+        self.tls_names = [self.server_name] + [a for a, addrs in self.dns_records.items()
+                                               if a in self.dns_cnames and addrs == [s]]
         # /etc/hosts of the client namespace: a name only there, and one that overrides DNS.
         self.hosts_records = {f"hostsonly.{d}": [s], "hostsonly": [s], f"override.{d}": [s],
                               "localhost": ["127.0.0.1"]}
@@ -265,8 +281,9 @@ class Lab:
             sys.executable, "-m", "usocket.lab.servers", "--tcp-echo", str(p["tcp_echo"]),
             "--udp-echo", str(p["udp_echo"]), "--bulk-source", str(p["bulk_source"]),
             "--bulk-sink", str(p["bulk_sink"]), "--eof-echo", str(p["eof_echo"]), "--reset", str(p["reset"]),
-            "--http", str(p["http"]), "--docroot", self.docroot,
+            "--http", str(p["http"]), "--docroot", self.docroot, "--xmlrpc", str(p["xmlrpc"]),
         ], stdout=subprocess.PIPE, stderr=self._log("servers"), env=env)
+        self._make_tls()  # while Python starts; nginx needs the files
         nginx = self.popen(self.server_ns, ["nginx", "-e", os.path.join(self.tmpdir, "nginx-error.log"),
                                             "-p", self.tmpdir, "-c", self._nginx_conf()],
                            stdout=subprocess.DEVNULL, stderr=self._log("nginx"))
@@ -276,7 +293,7 @@ class Lab:
         deadline = time.monotonic() + self.READY_TIMEOUT
         self.http_files = self._fill_docroot(self.docroot)  # while the servers start up
         self._wait_ready_line(py, "servers", deadline)
-        self._wait_listening(nginx, "nginx", [("tcp", p["nginx"])], deadline)
+        self._wait_listening(nginx, "nginx", [("tcp", p["nginx"]), ("tcp", p["https"])], deadline)
         self._wait_listening(dns, "dnsmasq", [("udp", p["dns"]), ("tcp", p["dns"])], deadline)
 
     @classmethod
@@ -338,6 +355,42 @@ class Lab:
                 raise LabError(f"{name} not listening in time: {self._log_tail(name)}")
             time.sleep(0.005)
 
+    _OPENSSL_CONF = """# usocket lab: what the test CA and the server certificate hold
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = usocket lab
+[ca]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+subjectAltName = {san}
+"""
+
+    def _make_tls(self) -> None:
+        """A throwaway CA and a server certificate it signs, in ``<tmpdir>/tls`` (EC P-256: the
+        two ``openssl`` runs take milliseconds). Sets :attr:`ca_file`."""
+        d = os.path.join(self.tmpdir, "tls")
+        os.makedirs(d)
+        san = ", ".join([f"DNS:{n}" for n in self.tls_names] + [f"IP:{self.server_ip}"])
+        conf = os.path.join(d, "openssl.cnf")
+        with open(conf, "w") as f:
+            f.write(self._OPENSSL_CONF.format(san=san))
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-noenc", "-days", "2"]
+        ca_key, self.ca_file = os.path.join(d, "ca.key"), os.path.join(d, "ca.pem")
+        _sh(["openssl", "req", "-x509", "-config", conf, "-extensions", "ca", *key, "-keyout", ca_key,
+             "-out", self.ca_file, "-subj", f"/CN=usocket lab test CA {self.tag}"])
+        _sh(["openssl", "req", "-x509", "-config", conf, "-extensions", "leaf", "-CA", self.ca_file,
+             "-CAkey", ca_key, *key, "-keyout", os.path.join(d, "server.key"),
+             "-out", os.path.join(d, "server.pem"), "-subj", f"/CN={self.server_name}"])
+
     def _nginx_conf(self) -> str:
         t = self.tmpdir
         conf = f"""# usocket lab {self.tag}: everything under {t}, nothing outside it
@@ -359,9 +412,24 @@ http {{
     default_type application/octet-stream;
     sendfile on;
     keepalive_requests 100000;
+    client_max_body_size 0;
     server {{
         listen {self.ports['nginx']} backlog=1024;
         server_name _;
+        root {self.docroot};
+        index index.html;
+        location /upload/ {{
+            root {t}/dav;
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+        }}
+    }}
+    server {{
+        listen {self.ports['https']} ssl backlog=1024;
+        server_name _;
+        ssl_certificate {t}/tls/server.pem;
+        ssl_certificate_key {t}/tls/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
         root {self.docroot};
         index index.html;
     }}
@@ -425,9 +493,12 @@ http {{
         """``fn()`` run in a thread inside ``ns`` (sockets it creates belong to ``ns``)."""
         return run_in_netns(ns, fn)
 
-    def url(self, path: str = "/", server: str = "http") -> str:
-        """URL of ``path`` on the ``http`` (Python) or ``nginx`` server."""
-        return f"http://{self.server_ip}:{self.ports[server]}{path}"
+    def url(self, path: str = "/", server: str = "http", host: str | None = None) -> str:
+        """URL of ``path`` on the ``http`` (Python), ``nginx``, ``https`` (nginx over TLS) or
+        ``xmlrpc`` server; ``host`` (default: the server's address) may be a name, e.g.
+        :attr:`server_name`, which the certificate also holds."""
+        scheme = "https" if server == "https" else "http"
+        return f"{scheme}://{host or self.server_ip}:{self.ports[server]}{path}"
 
     def env(self, mode: str = "shared") -> dict[str, str]:
         """``USOCKET_*`` environment for a stack in the client namespace (``shared`` or ``own``)."""

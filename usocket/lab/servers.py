@@ -4,7 +4,7 @@ Run in the lab's server namespace as ``python -m usocket.lab.servers --tcp-echo 
 process prints one line ``ready <name>=<port> ...`` on stdout once every socket listens (and
 nothing else there afterwards), logs errors to stderr and exits on SIGTERM/SIGINT.
 
-Servers (asyncio in the main thread, ``http.server`` in a thread of its own):
+Servers (asyncio in the main thread, ``http.server`` and ``xmlrpc.server`` in threads of their own):
 
 - **TCP echo**: echoes every byte; on EOF from the client it closes its side.
 - **UDP echo**: sends every datagram back to its sender.
@@ -20,7 +20,12 @@ Servers (asyncio in the main thread, ``http.server`` in a thread of its own):
   away what it has not sent and sends a RST instead of a FIN. With ``N`` of a few MiB the client
   gets the first segments of the pattern, then the RST, in the middle of the stream.
 - **HTTP**: :class:`http.server.ThreadingHTTPServer` (HTTP/1.1, keep-alive) on a docroot made by
-  :func:`make_docroot`.
+  :func:`make_docroot`. ``POST`` to any path reads the body (``Content-Length`` or chunked) and
+  answers ``<byte count> <sha256 hex>\n`` (:func:`parse_post_reply`), so uploads can be checked.
+- **XML-RPC**: :class:`xmlrpc.server.SimpleXMLRPCServer` (a thread per connection, HTTP/1.1
+  keep-alive, builtin types so ``bytes`` travel as base64, never gzip-compressed so a large
+  answer is large on the wire) on ``/`` and ``/RPC2``, with :data:`XMLRPC_FUNCTIONS`, the
+  introspection functions and ``system.multicall``.
 
 The bulk pattern: the concatenation of the 8-byte big-endian unsigned integers 0, 1, 2, ...
 (word ``k`` sits at offset ``8k``), truncated to the requested length. Every 8-byte-aligned
@@ -39,15 +44,19 @@ import os
 import random
 import signal
 import socket
+import socketserver
 import struct
 import sys
 import threading
+import xmlrpc.server
 from collections.abc import Iterator
+from typing import Any
 
 CHUNK = 256 * 1024  # bulk source write size; a multiple of 8
 SINK_REPLY = struct.Struct(">Q32s")  # bulk sink answer: count + sha256 digest
 LENGTH = struct.Struct(">Q")  # bulk source request
 EOF_ECHO_MAX = 256 << 20  # the EOF echo server holds what it read until EOF
+XMLRPC_PATTERN_MAX = 64 << 20  # the largest answer the XML-RPC ``pattern`` function gives
 
 
 # -- the bulk pattern ---------------------------------------------------------------------------
@@ -117,13 +126,61 @@ def make_docroot(path: str, seed: int = 1) -> dict[str, tuple[int, str]]:
     return out
 
 
+def parse_post_reply(body: bytes) -> tuple[int, str]:
+    """The HTTP server's answer to a ``POST`` as ``(byte_count, sha256_hex)`` of the body it read."""
+    count, digest = body.split()
+    return int(count), digest.decode("ascii")
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files over HTTP/1.1 (keep-alive), without a log line per request."""
+    """Static files over HTTP/1.1 (keep-alive), without a log line per request; ``POST`` answers
+    the size and SHA-256 of the request body (so a client's upload is checked end to end)."""
 
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body, as ``Content-Length`` or ``Transfer-Encoding: chunked`` gives it."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                        pass
+                    return
+                left = size
+                while left:
+                    data = self.rfile.read(min(left, 1 << 20))
+                    if not data:
+                        raise ConnectionError("body cut short")
+                    left -= len(data)
+                    yield data
+                self.rfile.readline()  # the CRLF after the chunk
+        left = int(self.headers.get("Content-Length") or 0)
+        while left:
+            data = self.rfile.read(min(left, 1 << 20))
+            if not data:
+                raise ConnectionError("body cut short")
+            left -= len(data)
+            yield data
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        h, count = hashlib.sha256(), 0
+        try:
+            for data in self._body_chunks():
+                h.update(data)
+                count += len(data)
+        except (ConnectionError, ValueError):
+            self.close_connection = True
+            return
+        reply = f"{count} {h.hexdigest()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
 
 
 class LabHTTPServer(http.server.ThreadingHTTPServer):
@@ -138,6 +195,70 @@ def start_http(host: str, port: int, docroot: str) -> LabHTTPServer:
     handler = functools.partial(QuietHandler, directory=docroot)
     srv = LabHTTPServer((host, port), handler)
     threading.Thread(target=srv.serve_forever, name="http", daemon=True).start()
+    return srv
+
+
+# -- XML-RPC ---------------------------------------------------------------------------------------
+def _xmlrpc_echo(value: Any) -> Any:
+    """Return the argument unchanged (str, bytes, numbers, lists, dicts ...)."""
+    return value
+
+
+def _xmlrpc_add(a: Any, b: Any) -> Any:
+    """``a + b``."""
+    return a + b
+
+
+def _xmlrpc_pattern(length: int) -> bytes:
+    """The first ``length`` bytes of the bulk pattern (a large answer; see :func:`bulk_sha256`)."""
+    if not 0 <= length <= XMLRPC_PATTERN_MAX:
+        raise ValueError(f"length must be 0..{XMLRPC_PATTERN_MAX}")
+    return bulk_pattern(0, length)
+
+
+def _xmlrpc_sha256(data: Any) -> list[Any]:
+    """``[length, sha256 hex]`` of ``data`` (bytes, or str as UTF-8): checks a large request."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    return [len(raw), hashlib.sha256(raw).hexdigest()]
+
+
+def _xmlrpc_fail(message: str) -> None:
+    """Raise, so the client gets an ``xmlrpc.client.Fault``."""
+    raise ValueError(message)
+
+
+XMLRPC_FUNCTIONS: dict[str, Any] = {"echo": _xmlrpc_echo, "add": _xmlrpc_add, "pattern": _xmlrpc_pattern,
+                    "sha256": _xmlrpc_sha256, "fail": _xmlrpc_fail}
+
+
+class LabXMLRPCHandler(xmlrpc.server.SimpleXMLRPCRequestHandler):
+    """HTTP/1.1 keep-alive, no gzip (a large answer is that large on the wire), no log lines."""
+
+    protocol_version = "HTTP/1.1"
+    encode_threshold = None  # type: ignore[assignment]  # typeshed says int; the stdlib checks for None
+    rpc_paths = ("/", "/RPC2")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+class LabXMLRPCServer(socketserver.ThreadingMixIn, xmlrpc.server.SimpleXMLRPCServer):
+    """A thread per connection, a deep listen backlog."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def start_xmlrpc(host: str, port: int) -> LabXMLRPCServer:
+    """Listen now, serve :data:`XMLRPC_FUNCTIONS` from a daemon thread; returns the server."""
+    srv = LabXMLRPCServer((host, port), requestHandler=LabXMLRPCHandler, logRequests=False,
+                          allow_none=True, use_builtin_types=True)
+    for name, fn in XMLRPC_FUNCTIONS.items():
+        srv.register_function(fn, name)
+    srv.register_introspection_functions()
+    srv.register_multicall_functions()
+    threading.Thread(target=srv.serve_forever, name="xmlrpc", daemon=True).start()
     return srv
 
 
@@ -258,6 +379,9 @@ async def serve(args: argparse.Namespace) -> None:
     if args.http:
         start_http(args.host, args.http, args.docroot)
         ready.append(f"http={args.http}")
+    if args.xmlrpc:
+        start_xmlrpc(args.host, args.xmlrpc)
+        ready.append(f"xmlrpc={args.xmlrpc}")
     print("ready " + " ".join(ready), flush=True)
     await stop.wait()
 
@@ -272,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eof-echo", type=int, default=0, dest="eof_echo")
     p.add_argument("--reset", type=int, default=0)
     p.add_argument("--http", type=int, default=0)
+    p.add_argument("--xmlrpc", type=int, default=0)
     p.add_argument("--docroot", default=".")
     args = p.parse_args(argv)
     asyncio.run(serve(args))

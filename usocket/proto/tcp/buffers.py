@@ -305,6 +305,25 @@ class ReceiveBuffer:
             self._chunks.append(data if type(data) is bytes else bytes(data))
         self._len += n
 
+    def discard(self, n: int) -> int:
+        """Drop up to ``n`` bytes from the front without copying them; returns the count."""
+        n = min(max(n, 0), self._len)
+        left = n
+        chunks = self._chunks
+        while left:
+            c = chunks[0]
+            avail = len(c) - self._off
+            if left < avail:
+                self._off += left
+                break
+            left -= avail
+            chunks.popleft()
+            self._off = 0
+            if c is self._tail:
+                self._tail = None
+        self._len -= n
+        return n
+
     def read(self, n: int, peek: bool = False) -> bytes:
         """Up to ``n`` bytes from the front; ``peek`` leaves them in the buffer."""
         if n < 0:

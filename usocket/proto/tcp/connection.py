@@ -1571,6 +1571,12 @@ class TcpConnection:
             return b""
         return None
 
+    def consume(self, n: int) -> int:
+        """Drop ``n`` bytes the application already has (read earlier with ``peek``)."""
+        got = self.rcvbuf.discard(n)
+        self._consumed(got)
+        return got
+
     def recv_into(self, buf: memoryview, peek: bool = False) -> int | None:
         if len(self.rcvbuf):
             got = self.rcvbuf.read_into(buf, peek)
