@@ -22,8 +22,9 @@ glibc's behaviour, reproduced step by step (see each helper):
   database; type and protocol pick rows of glibc's ``gaih_inet_typeproto`` table, in its order
   (``EAI_SOCKTYPE``/``EAI_SERVICE`` when none fits), all of that before the host is looked at; a
   host in one of ``inet_aton``'s forms is numeric; several addresses are sorted as glibc's
-  RFC 3484 sort does for IPv4 (rules 1, 2, 8 and 9; the source address being the stack's own,
-  or 127.0.0.1 for loopback destinations, which the facade leaves to the kernel); the
+  RFC 3484 sort does for IPv4 on a host without IPv6 (:func:`rfc3484_sort`; the source address
+  being the stack's own, or 127.0.0.1 for loopback destinations, which the facade leaves to
+  the kernel); the
   canonical name goes to the first entry only. ``AI_ADDRCONFIG`` is accepted and ignored.
 - ``gethostbyname*``/``gethostbyaddr``: CPython's ``setipaddr`` first (``""`` is 0.0.0.0,
   ``"<broadcast>"`` 255.255.255.255, then a strict dotted quad, then ``getaddrinfo``), then the
@@ -222,7 +223,6 @@ def getaddrinfo(host: Any, port: Any, family: Any = 0, type: Any = 0, proto: Any
     return out
 
 
-
 def _intenum(value: int, enum_klass: Any) -> Any:
     """The stdlib's ``_intenum_converter``: the enum member if there is one, else the int."""
     try:
@@ -315,7 +315,7 @@ def _numeric_kernel(host: bytes | None, serv: bytes | None, family: int, socktyp
     try:
         return _std.getaddrinfo(host, serv, family, socktype, proto, flags | _std.AI_NUMERICHOST)
     except _std.gaierror as e:
-        raise _gaierror(e.errno) from None
+        raise _gaierror(e.args[0]) from None
 
 
 def _getaddrinfo(host: bytes | None, serv: bytes | None, family: int, socktype: int, proto: int,
@@ -385,29 +385,29 @@ def _scope(ip: int) -> int:
     return 2 if ip >> 24 == 127 or ip >> 16 == 0xA9FE else 14
 
 
-def _source(dst: int, config: Any) -> tuple[int, int] | None:
-    """``(source address, prefix length)`` a datagram to ``dst`` would leave from, None if it
-    could not be sent (glibc connects a UDP socket to find out). Loopback destinations (and
-    0.0.0.0, which Linux treats as local) are the kernel's, from 127.0.0.1/8; the rest the
-    stack's, when on its subnet or when it has a gateway; 255.255.255.255 fails (connect()
-    without SO_BROADCAST)."""
+def _source(dst: int, config: Any) -> int | None:
+    """The source address a datagram to ``dst`` would leave from, None if it could not be sent
+    (glibc connects a UDP socket to find out). Loopback destinations (and 0.0.0.0, which Linux
+    treats as local) are the kernel's, from 127.0.0.1; the rest the stack's, when on its subnet
+    or when it has a gateway; 255.255.255.255 fails (connect() without SO_BROADCAST)."""
     if dst >> 24 == 127 or dst == 0:
-        return 0x7F000001, 8
+        return 0x7F000001
     if dst == 0xFFFFFFFF:
         return None
     src = int.from_bytes(bytes(config.address), "big")
-    plen = int(config.prefix_len)
-    mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+    mask = (0xFFFFFFFF << (32 - int(config.prefix_len))) & 0xFFFFFFFF
     if (dst & mask) == (src & mask) or config.gateway:
-        return src, plen
+        return src
     return None
 
 
 def rfc3484_sort(addrs: list[str], config: Any) -> list[str]:
-    """The order glibc's ``rfc3484_sort`` gives IPv4 addresses with its default tables: usable
-    destinations first (rule 1), matching scope (2), smaller scope (8), then the longest prefix
-    shared with the source address, counted only inside the source's subnet (9), else the order
-    of the answer (10). Rules 3-7 cannot tell two IPv4 destinations apart."""
+    """The order glibc's ``rfc3484_sort`` gives IPv4 addresses on a host without IPv6, as the
+    stack is: usable destinations first (rule 1), matching scope (2), smaller scope (8), then
+    the answer's order (10). Rule 9 (longest matching prefix) needs the source's prefix length,
+    which glibc only learns when the host has IPv6 addresses (``__check_pf`` fills ``in6ai``
+    only then); without it the mask covers all 32 bits, so only a destination equal to the
+    source address ranks first. Rules 3-7 cannot tell two IPv4 destinations apart."""
 
     def key(item: tuple[int, str]) -> tuple[int, ...]:
         index, text = item
@@ -415,10 +415,7 @@ def rfc3484_sort(addrs: list[str], config: Any) -> list[str]:
         src = _source(dst, config)
         if src is None:
             return (1, 0, _scope(dst), 0, index)
-        s, plen = src
-        mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
-        common = 32 - (dst ^ s).bit_length() if (dst & mask) == (s & mask) else 0
-        return (0, 0 if _scope(dst) == _scope(s) else 1, _scope(dst), -common, index)
+        return (0, 0 if _scope(dst) == _scope(src) else 1, _scope(dst), -32 if dst == src else 0, index)
 
     return [text for _, text in sorted(enumerate(addrs), key=key)]
 
@@ -525,7 +522,7 @@ def getnameinfo(sockaddr: Any, flags: Any, /) -> tuple[str, str]:
         try:
             return _std.getnameinfo(sockaddr, flags | _std.NI_NUMERICHOST)
         except _std.gaierror as e:
-            raise _gaierror(e.errno) from None
+            raise _gaierror(e.args[0]) from None
     ip, nport = res[0][4]
     name = None
     if not flags & _std.NI_NUMERICHOST:

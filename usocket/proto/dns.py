@@ -176,24 +176,16 @@ def inet_aton_exact(text: str) -> str | None:
     if not 1 <= len(parts) <= 4:
         return None
     vals = []
-    for p in parts:
-        try:
-            if p[:2].lower() == "0x":
-                if len(p) == 2:
-                    v = 0  # glibc accepts a bare "0x" as 0
-                else:
-                    v = int(p[2:], 16)
-                    if not all(c in "0123456789abcdefABCDEF" for c in p[2:]):
-                        return None
-            elif p[:1] == "0" and len(p) > 1:
-                v = int(p, 8)
-            else:
-                if not p or not all(c in "0123456789" for c in p):
-                    return None
-                v = int(p)
-        except ValueError:
+    for p in parts:  # each part as strtoul(p, &end, 0) reads it, all of it
+        if p[:2] in ("0x", "0X") and len(p) > 2:
+            digits, base, allowed = p[2:], 16, "0123456789abcdefABCDEF"
+        elif p[:1] == "0":
+            digits, base, allowed = p, 8, "01234567"
+        else:
+            digits, base, allowed = p, 10, "0123456789"
+        if not digits or any(c not in allowed for c in digits):
             return None
-        vals.append(v)
+        vals.append(int(digits, base))
     last_bits = 8 * (5 - len(vals))
     if any(v > 255 for v in vals[:-1]) or vals[-1] >= 1 << last_bits:
         return None
@@ -669,9 +661,11 @@ class Resolver:
         return (canonical or name), tuple(aliases)
 
     def hosts_reverse(self, ip_text: str) -> list[str]:
-        lines = [names for addr, names in self.config.host_lines if addr == ip_text]
-        if lines:
-            return [n for names in lines for n in names]
+        """The names of ``ip_text`` in the hosts table: glibc's files backend answers
+        gethostbyaddr from the first line with the address (its first name canonical)."""
+        for addr, names in self.config.host_lines:
+            if addr == ip_text:
+                return list(names)
         return [name for name, addrs in self.config.hosts.items() if ip_text in addrs]
 
     def search_plan(self, name: str) -> list[tuple[str, str]]:
