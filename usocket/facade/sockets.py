@@ -89,6 +89,7 @@ class socket(_std.socket):
         self._init_userland(get_runtime(), base, type, proto)
 
     def _init_userland(self, rt: Runtime, base: int, type: int, proto: int) -> None:
+        b: _bridge.Bridge
         if base == _STREAM:
             app, b, _ = _bridge.new_stream(rt)
         else:
