@@ -28,4 +28,8 @@ for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr
 from .facade import api as _api  # noqa: E402
 
 _api.install(globals())
+
+from .facade import tls as _tls  # noqa: E402
+
+_tls.install()  # SSLContext.wrap_socket on a usocket socket: addresses, options, connect from the stack
 del _name

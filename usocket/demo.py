@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 
 def run_demo(mode: str = "shared", pcap: str | None = None, verbose: bool = False) -> int:
@@ -37,13 +38,14 @@ def run_demo(mode: str = "shared", pcap: str | None = None, verbose: bool = Fals
             stack = rt.stack
             assert stack is not None
             prev = set_runtime(rt)
-            saved = http.client.socket
-            http.client.socket = usocket  # type: ignore[attr-defined] - what the hijacker does
+            client: Any = http.client
+            saved = client.socket
+            client.socket = usocket  # what the hijacker does
             try:
                 print("\n1. Names through the stack's DNS (dnsmasq in the peer namespace):")
                 for name in (lab.server_name, f"www.{lab.DOMAIN}"):
                     t = time.monotonic()
-                    addr = usocket.gethostbyname(name)
+                    addr = usocket.gethostbyname(name)  # type: ignore[attr-defined]
                     print(f"   {name:<28} -> {addr:<15} in {1000 * (time.monotonic() - t):.1f} ms")
                 print("\n2. urllib.request.urlopen(), unmodified, over the stack's TCP:")
                 total = 0
@@ -61,7 +63,7 @@ def run_demo(mode: str = "shared", pcap: str | None = None, verbose: bool = Fals
                     print(f"   {url:<48} {status} {len(body):>9} B in {1000 * dt:7.1f} ms "
                           f"({len(body) / dt / 1e6:5.1f} MB/s), sha256 {'match' if ok else 'MISMATCH'}")
             finally:
-                http.client.socket = saved  # type: ignore[attr-defined]
+                client.socket = saved
                 set_runtime(prev)
             counters = stack.counters.snapshot()
         elapsed = time.monotonic() - t0

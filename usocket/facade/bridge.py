@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket as _socket
 import struct
 import threading
@@ -221,12 +222,13 @@ class StreamBridge(Bridge):
     def on_events(self, events: int) -> None:
         if self.gone:
             return
+        if events & (EPOLLHUP | EPOLLERR):
+            self.app_closed()  # takes what the application wrote, then closes (or resets)
+            return
         if events & EPOLLOUT:
             self.push()
         if events & (EPOLLIN | EPOLLRDHUP):
             self.pull()
-        if events & (EPOLLHUP | EPOLLERR) and not self.gone:
-            self.app_closed()
         self.update()
 
     # -- connection set-up (stack thread, called by the facade) --------------------------------
@@ -273,6 +275,15 @@ class StreamBridge(Bridge):
                 self.tokens += self.end.send(b"\0" * (want - self.tokens), _DONTWAIT)
             except OSError:
                 pass
+
+    def stop_listening(self) -> None:
+        """shutdown(SHUT_RD) of a listener: it stops listening, and its descriptor becomes
+        readable (EOF) so that a blocked accept() or select() wakes, as Linux's POLLHUP does."""
+        self.stack.tcp.close(self.conn)
+        try:
+            self.end.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass
 
     def accept(self) -> tuple[int, int, Any]:
         """Listener: ``(tokens to consume, application fd or -1, child connection)``."""
@@ -365,9 +376,12 @@ class StreamBridge(Bridge):
             except BlockingIOError:
                 break
             except OSError:  # ECONNRESET: the application closed with data unread
-                self.app_closed()
+                self.app_closed(reset=True)
                 return
             if not data:
+                if self.app_gone():  # a close, not a shutdown(SHUT_WR): maybe an abortive one
+                    self.app_closed()
+                    return
                 self.tx_done = True
                 if not dead:
                     try:
@@ -394,15 +408,26 @@ class StreamBridge(Bridge):
         self.push()
         self.update()
 
-    def app_closed(self) -> None:
+    def app_gone(self) -> bool:
+        """Both directions of the pair are shut: the application closed its end (or shut it
+        down both ways, which ends the connection the same way)."""
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return any(ev & select.POLLHUP for _, ev in p.poll(0))
+
+    def app_closed(self, reset: bool = False) -> None:
         """EPOLLHUP/EPOLLERR: the application closed its end (every descriptor of it), or shut
-        both directions: finish sending what it wrote, then close the connection."""
+        both directions: finish sending what it wrote, then close the connection — with an RST
+        when it left received data unread (the pair's ECONNRESET) or SO_LINGER is 0."""
+        if self.gone:
+            return
         conn = self.conn
-        reset = False
-        try:
-            reset = self.end.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR) == errno.ECONNRESET
-        except OSError:
-            pass
+        if not reset:
+            try:
+                reset = self.end.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR) == errno.ECONNRESET
+            except OSError:
+                pass
+        reset = reset or conn.linger == 0
         if not reset and self.connected and not self.tx_done and conn.state != CLOSED:
             # take what is left in the pair; the close below queues FIN after it
             while True:

@@ -204,8 +204,7 @@ class socket(_std.socket):
             return
         timeout = _SUPER.gettimeout(self)
         if not b.connected and b.conn.state.name == "SYN_SENT":
-            if timeout == 0:
-                raise _oserror(errno.EALREADY)
+            raise _oserror(errno.EALREADY)  # Linux, blocking or not: the attempt goes on
         else:
             refill = 0
             if b.failed and not b.filler:  # connect again after a failed attempt: unwritable again
@@ -257,7 +256,7 @@ class socket(_std.socket):
         b = self._b
         if b is None:
             fd, addr = self._accept()  # type: ignore[attr-defined]
-            sock = type(self)(self.family, self.type, self.proto, fileno=fd)
+            sock = socket(self.family, self.type, self.proto, fileno=fd)
             if _std.getdefaulttimeout() is None and self.gettimeout():
                 sock.setblocking(True)
             return sock, addr
@@ -280,16 +279,26 @@ class socket(_std.socket):
             if timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
             self._wait(select.POLLIN, timeout, deadline)
-        sock = type(self)(_AF_INET, _STREAM, self.proto, fileno=fd)
+        sock = socket(_AF_INET, _STREAM, self.proto, fileno=fd)  # like the stdlib: the base class
         if _std.getdefaulttimeout() is None and self.gettimeout():
             sock.setblocking(True)
         return sock, (ip_ntoa(child.remote_ip), child.remote_port)
 
     # -- TCP data: the descriptor's own calls, with the stack's errors -------------------------
     def _send_check(self) -> None:
-        """Before data goes into the pair: what Linux would raise instead."""
+        """Before data goes into the pair: what Linux would raise instead (or wait for)."""
         b = self._b
+        conn = b.conn
+        if b.connected and not (b.error or conn.error) and conn.state.name != "CLOSED":
+            return
         self._checkfd()
+        if not b.connected and conn.state.name == "SYN_SENT":  # Linux waits for the connection
+            timeout = _SUPER.gettimeout(self)
+            if timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            deadline = None if timeout is None else [time.monotonic() + timeout]
+            while not b.connected and conn.state.name == "SYN_SENT":
+                self._wait(select.POLLOUT, timeout, deadline)
         err = b.error or b.conn.error
         if err:
             code = self._call(_take_stream_error, b)
@@ -372,8 +381,8 @@ class socket(_std.socket):
     def _eof(self) -> None:
         """Empty read: EOF, or the connection's error (reported once)."""
         b = self._b
-        if b.error or b.conn.error:
-            code = self._call(_take_stream_error, b)
+        if b.error:  # the receive side ended with an error (an EOF that came first is an EOF)
+            code = self._call(b.take_error)
             if code:
                 raise _oserror(code)
         if not b.rt.running:
@@ -652,7 +661,7 @@ def _stream_shutdown(b: StreamBridge, how: int) -> None:
     conn = b.conn
     if conn.state.name == "LISTEN":
         if how in (0, 2):
-            b.stack.tcp.close(conn)
+            b.stop_listening()
         return
     if not b.connected:
         if conn.state.name == "SYN_SENT":
