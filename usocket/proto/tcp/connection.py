@@ -172,6 +172,7 @@ class TcpConnection:
         self.parent: TcpConnection | None = None
         self.child_class: type[TcpConnection] | None = None
         self.flow_open = False  # the layer told stack.flows about this connection/listener
+        self.flow_remote: tuple[bytes, int] | None = None  # the flow's remote end (None: any)
         # -- sequence space --------------------------------------------------------------------
         self.iss = 0
         self.irs = 0

@@ -36,6 +36,7 @@ Diversion: each connection with a 4-tuple opens a flow ``(6, port, (ip, port))``
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import struct
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,7 @@ class TcpLayer:
         self._ack_timer: Any = None
         self._challenge_window = -1.0
         self._challenge_count = 0
+        self._reuseport_key = os.urandom(16)
         stack.ipv4.register(PROTO_TCP, self.receive)
         stack.icmp.register_error_handler(PROTO_TCP, self.icmp_error)
 
@@ -194,6 +196,7 @@ class TcpLayer:
                 conn.local_port = 0
             raise
         conn.flow_open = True
+        conn.flow_remote = (ip, port)
         if conn.local_ip == ANY_IP:
             conn.local_ip = self.stack.config.address
         conn.remote_ip, conn.remote_port = ip, port
@@ -281,14 +284,12 @@ class TcpLayer:
                 del self.conns[key]
             if conn.flow_open:
                 conn.flow_open = False
-                self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, (conn.remote_ip, conn.remote_port))
+                self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, conn.flow_remote)
         parent = conn.parent
         if parent is not None:
+            # A child already in the accept queue stays there even when reset: Linux's accept()
+            # returns it, and reading it gives its data, then ECONNRESET.
             parent.syn_children.discard(conn)
-            try:
-                parent.accept_queue.remove(conn)
-            except ValueError:
-                pass
         if conn.port_locked and not conn.orphan and conn.parent is None and conn.reset:
             pass  # a failed attempt on an explicitly bound socket keeps its port, like Linux
         else:
@@ -351,12 +352,16 @@ class TcpLayer:
         assert parent is not None and child.remote_ip is not None
         parent.syn_children.discard(child)
         try:
-            self.stack.flows.flow_opened(PROTO_TCP, child.local_port, (child.remote_ip, child.remote_port))
+            # The listener's flow (its port, any peer) already diverts the child's segments: the
+            # child holds a reference to it (refcounted, no rule change), so accepting costs
+            # no iptables call and the port stays diverted while a child lives on.
+            self.stack.flows.flow_opened(PROTO_TCP, child.local_port, None)
         except OSError:
             self.c["abort.flow"] += 1
             child.abort()
             return
         child.flow_open = True
+        child.flow_remote = None
         parent.accept_queue.append(child)
         parent.on_accept_ready()
 
@@ -401,7 +406,11 @@ class TcpLayer:
         if not group:
             return None
         if len(group) > 1 and group[0].reuse_port:
-            return group[(int.from_bytes(src, "big") * 31 + sport) % len(group)]
+            # Linux hashes the 4-tuple (inet_ehashfn, keyed): clients' ports are all even or all
+            # odd for connect(), so a hash that is linear in the port alone would pick one listener
+            key = src + dst + sport.to_bytes(2, "big") + port.to_bytes(2, "big")
+            h = int.from_bytes(hashlib.blake2s(key, digest_size=4, key=self._reuseport_key).digest(), "big")
+            return group[h % len(group)]
         return group[0]
 
     def no_connection(self, ip_header: IPv4Header, seg: Segment) -> None:
