@@ -23,7 +23,7 @@ def rebind(fn: Any, namespace: dict[str, Any]) -> Any:
     return new
 
 
-REBOUND = ("create_connection", "create_server", "getfqdn", "has_dualstack_ipv6")
+REBOUND = ("create_connection", "create_server", "getfqdn", "has_dualstack_ipv6", "fromfd")
 
 
 def install(namespace: dict[str, Any]) -> None:

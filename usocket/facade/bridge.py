@@ -208,6 +208,7 @@ class StreamBridge(Bridge):
         self.tx_done = False  # EOF read from the application (our FIN is queued)
         self.app_rd_shut = False  # the application did shutdown(SHUT_RD)
         self.tokens = 0  # listener: token bytes written for the accept queue
+        self.connect_unreported = False  # connected with no connect() call having seen it (Linux SS_CONNECTING)
 
     # -- interest --------------------------------------------------------------------------
     def wanted(self) -> int:
@@ -390,8 +391,14 @@ class StreamBridge(Bridge):
                         pass
                 break
             moved += len(data)
-            if dead:
-                continue  # nobody to send to: the application learns it from send()'s check
+            if dead:  # nobody to send to: fail the writer blocked on the pair now (EPIPE, which
+                # send/sendall map to the connection's error) rather than discard what it writes
+                try:
+                    end.shutdown(_socket.SHUT_RD)
+                except OSError:
+                    pass
+                self.tx_done = True
+                break
             try:
                 conn.send(data)
             except OSError as e:
@@ -489,6 +496,7 @@ class DatagramBridge(Bridge):
         super().__init__(rt, stack_end, ino)
         self.ep = ep
         ep.bridge = self
+        self.sndbuf = 212992  # SO_SNDBUF (wmem_default); UDP sends are not buffered here
 
     def on_events(self, events: int) -> None:
         if events & (EPOLLHUP | EPOLLERR) and not self.gone:

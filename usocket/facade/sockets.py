@@ -37,7 +37,8 @@ _STREAM = _std.SOCK_STREAM
 _DGRAM = _std.SOCK_DGRAM
 _TYPE_FLAGS = getattr(_std, "SOCK_NONBLOCK", 0) | getattr(_std, "SOCK_CLOEXEC", 0)
 _LINGER = struct.Struct("ii")
-_BUF_MIN = 2304  # Linux SOCK_MIN_RCVBUF/SNDBUF after doubling
+_BUF_MIN = 2304  # Linux SOCK_MIN_RCVBUF
+_SNDBUF_MIN = 4608  # Linux SOCK_MIN_SNDBUF
 _HDR = RECORD.size
 _SUPER = _std.socket
 _SO_REUSEPORT = getattr(_std, "SO_REUSEPORT", -1)
@@ -116,7 +117,14 @@ class socket(_std.socket):
             raise _oserror(errno.ENETDOWN) from None
 
     def _checkfd(self) -> None:
-        if _SUPER.fileno(self) < 0:
+        fd = _SUPER.fileno(self)
+        if fd < 0:
+            raise _oserror(errno.EBADF)
+        try:  # still our pair? (socket.close(fd) closes it behind our back; the number may be reused)
+            ours = os.fstat(fd).st_ino == self._b.ino
+        except OSError:
+            ours = False
+        if not ours:
             raise _oserror(errno.EBADF)
 
     def _address(self, address: Any, method: str) -> bytes:
@@ -203,8 +211,15 @@ class socket(_std.socket):
             self._call(b.stack.udp.connect, b.ep, ip, address[1])
             return
         timeout = _SUPER.gettimeout(self)
+        if b.connected and b.connect_unreported:
+            # Linux: a connection completed while no connect() call waited for it leaves the
+            # socket SS_CONNECTING: the next connect() returns 0 (and only then EISCONN)
+            b.connect_unreported = False
+            return
         if not b.connected and b.conn.state.name == "SYN_SENT":
-            raise _oserror(errno.EALREADY)  # Linux, blocking or not: the attempt goes on
+            if timeout is not None:  # the stdlib waits only after EINPROGRESS
+                raise _oserror(errno.EALREADY)
+            b.connect_unreported = False  # a blocking connect() waits for the attempt (below)
         else:
             refill = 0
             if b.failed and not b.filler:  # connect again after a failed attempt: unwritable again
@@ -214,6 +229,7 @@ class socket(_std.socket):
                 finally:
                     app.close()
             self._call(b.start_connect, ip, address[1], refill)
+            b.connect_unreported = timeout is not None  # the stdlib polls; no connect() sees the end
         if timeout == 0:
             raise BlockingIOError(errno.EINPROGRESS, os.strerror(errno.EINPROGRESS))
         self._wait(select.POLLOUT, timeout)
@@ -470,13 +486,24 @@ class socket(_std.socket):
         self._checkfd()
         if _int(flags) & ~(_std.MSG_DONTWAIT | getattr(_std, "MSG_NOSIGNAL", 0) | getattr(_std, "MSG_CONFIRM", 0)):
             raise _oserror(errno.EOPNOTSUPP)
-        if address is None:
-            return self._call(_udp_send_connected, b, payload)
-        ip = self._address(address, "sendto")
-        if _is_loopback(ip):
-            self._to_kernel()
-            return _SUPER.sendto(self, payload, flags, address)
-        return self._call(_udp_sendto, b, payload, ip, address[1])
+        try:
+            if address is None:
+                return self._call(_udp_send_connected, b, payload)
+            ip = self._address(address, "sendto")
+            if _is_loopback(ip):
+                self._to_kernel()
+                return _SUPER.sendto(self, payload, flags, address)
+            return self._call(_udp_sendto, b, payload, ip, address[1])
+        except _PendingError as e:
+            # its record is in the pair too: take it out when it is next, or the socket stays
+            # readable with nothing to read
+            try:
+                head = _SUPER.recv(self, _HDR, _std.MSG_PEEK | _std.MSG_DONTWAIT)
+                if len(head) == _HDR and head[0] != REC_DATA:
+                    _SUPER.recv(self, _HDR, _std.MSG_DONTWAIT)
+            except OSError:
+                pass
+            raise _oserror(e.errno or errno.EIO) from None
 
     def _udp_record(self, bufsize: int, flags: int) -> tuple[bytes, tuple[str, int] | None, int]:
         if _int(bufsize) < 0:
@@ -542,7 +569,9 @@ class socket(_std.socket):
         if b is None:
             return _SUPER.shutdown(self, how)
         self._checkfd()
-        if _int(how) not in (0, 1, 2):
+        if not -0x80000000 <= _int(how) <= 0x7FFFFFFF:
+            raise OverflowError("Python int too large to convert to C int")
+        if how not in (0, 1, 2):
             raise _oserror(errno.EINVAL)
         if isinstance(b, DatagramBridge):
             if b.ep.remote_ip is None:
@@ -594,9 +623,14 @@ class socket(_std.socket):
                 if buflen is None:
                     return _SUPER.getsockopt(self, level, optname)
                 return _SUPER.getsockopt(self, level, optname, buflen)
+            own = _std.IPPROTO_TCP if isinstance(b, StreamBridge) else _std.IPPROTO_UDP
+            if level not in (_std.IPPROTO_IP, own):
+                raise _oserror(errno.EOPNOTSUPP)  # Linux ip_getsockopt: not SOL_IP
             raise _oserror(errno.ENOPROTOOPT)
         if isinstance(value, bytes):
-            return value if buflen is None else value[:buflen]
+            if buflen is None:  # the stdlib reads an int: the kernel copies the first 4 bytes
+                return struct.unpack("i", value[:4].ljust(4, b"\0"))[0]
+            return value[:buflen]
         if buflen is None:
             return value
         return struct.pack("i", value)[:buflen]
@@ -643,17 +677,21 @@ def _take_stream_error(b: StreamBridge) -> int:
     return b.take_error() or b.conn.take_error()
 
 
+class _PendingError(OSError):
+    """A pending (ICMP) error taken by a send: see socket._udp_send."""
+
+
 def _udp_send_connected(b: DatagramBridge, payload: bytes) -> int:
     code = b.ep.take_error() if b.ep.pending_error is not None else 0
     if code:
-        raise _oserror(code)
+        raise _PendingError(code, os.strerror(code))
     return b.stack.udp.send(b.ep, payload)
 
 
 def _udp_sendto(b: DatagramBridge, payload: bytes, ip: bytes, port: int) -> int:
     code = b.ep.take_error() if b.ep.pending_error is not None else 0
     if code:
-        raise _oserror(code)
+        raise _PendingError(code, os.strerror(code))
     return b.stack.udp.sendto(b.ep, payload, ip, port)
 
 
@@ -707,8 +745,11 @@ def _setopt(b: Any, level: int, name: int, raw: Any, v: int | None) -> bool:
             else:
                 b.set_rcvbuf(size)
         elif name == _std.SO_SNDBUF:
+            size = max(_SNDBUF_MIN, 2 * min(max(v, 0), 1 << 30))
             if stream:
-                obj.sndbuf.capacity = max(_BUF_MIN, 2 * min(max(v, 0), 1 << 30))
+                obj.sndbuf.capacity = size
+            else:
+                b.sndbuf = size
         else:
             return False
         return True
@@ -719,8 +760,8 @@ def _setopt(b: Any, level: int, name: int, raw: Any, v: int | None) -> bool:
             if not (v == -1 or 1 <= v <= 255):
                 raise _oserror(errno.EINVAL)
             obj.ttl = None if v == -1 else v
-        elif name == _std.IP_TOS:
-            obj.tos = v & 0xFF
+        elif name == _std.IP_TOS:  # Linux: TCP keeps the ECN bits its own
+            obj.tos = (v & 0xFC) | (obj.tos & 0x03) if stream else v & 0xFF
         else:
             return False
         return True
@@ -791,7 +832,7 @@ def _getopt(b: Any, level: int, name: int) -> int | bytes | None:
         if name == _std.SO_RCVBUF:
             return obj.rcvbuf.capacity if stream else obj.rcvbuf
         if name == _std.SO_SNDBUF:
-            return obj.sndbuf.capacity if stream else 212992
+            return obj.sndbuf.capacity if stream else b.sndbuf
         return None
     if level == _std.IPPROTO_IP:
         if name == _std.IP_TTL:
