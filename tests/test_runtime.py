@@ -82,6 +82,7 @@ CHILD = textwrap.dedent("""
 
 def test_runtime_starts_lazily_and_cleans_up_at_interpreter_exit(lab):
     env = dict(os.environ, **lab.env("shared"))
+    env.pop("USOCKET_DEFAULT_RUNTIME", None)  # the child's default runtime is the point here
     p = subprocess.run([sys.executable, "-c", CHILD, lab.server_ip], env=env, capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0, p.stderr

@@ -147,10 +147,16 @@ class Runtime:
             self.stack.counters.adopt("link", self._link.counters)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    stop_grace = 2.0  # seconds stop() lets closing TCP connections finish their FIN exchange
+
+    def stop(self, timeout: float = 10.0, grace: float | None = None) -> None:
         """Stop the thread: endpoints closed, diversion rules removed, link closed. Idempotent.
+        First, TCP connections that are closing get up to ``grace`` seconds (default
+        :attr:`stop_grace`) to finish, so the peer's last FIN/ACK reaches the stack rather than
+        the host kernel (which would answer it with a RST once the diversion is gone).
         The stack thread does the closing itself once its loop has ended, so nothing is closed
         under its feet; if it does not end within ``timeout`` it still closes when it does."""
+        self._wait_closing(self.stop_grace if grace is None else grace)
         with self._lock:
             if self._state != "running":
                 if self._state == "new":
@@ -164,6 +170,22 @@ class Runtime:
             if thread.is_alive():
                 log.error("usocket: the stack thread did not stop within %.1f s", timeout)
         self._run_stop_callbacks()
+
+    def _wait_closing(self, grace: float) -> None:
+        if grace <= 0 or not self.running or threading.current_thread() is self._thread:
+            return
+        stack = self.stack
+        tcp = getattr(stack, "tcp", None)
+        if tcp is None:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                if not self.call(tcp.closing, timeout=grace):
+                    return
+            except Exception:  # noqa: BLE001 - stopped meanwhile, or a broken stack: stop anyway
+                return
+            time.sleep(0.02)
 
     def __enter__(self) -> Runtime:
         return self.start()

@@ -54,6 +54,9 @@ class TcpConfig:
     tlp: bool = True
     # Segments the out-of-order queue may hold (its byte bound is the receive buffer).
     ooo_max_ranges: int = 2048
+    # Seconds a closed connection's diversion flow stays (shared mode): the peer's late
+    # segments get the stack's RST rather than the host kernel's.
+    closed_flow_grace: float = 3.0
 
     @property
     def time_wait(self) -> float:

@@ -82,6 +82,8 @@ class TcpLayer:
         self._challenge_window = -1.0
         self._challenge_count = 0
         self._reuseport_key = os.urandom(16)
+        # flows of connections that ended, kept diverted for a grace period: key -> flow remote
+        self.closed_flows: dict[tuple[int, bytes, int], tuple[bytes, int] | None] = {}
         stack.ipv4.register(PROTO_TCP, self.receive)
         stack.icmp.register_error_handler(PROTO_TCP, self.icmp_error)
 
@@ -273,6 +275,19 @@ class TcpLayer:
         else:
             conn.abort()
 
+    def closing(self) -> int:
+        """Connections still finishing their close (a FIN of ours not yet acknowledged, the
+        peer's FIN not yet received after ours, or an orphan with data to send): what a stop
+        should wait for, so that the peer's last segments meet the stack, not the kernel."""
+        n = 0
+        for conn in self.conns.values():
+            st = conn.state
+            if st in (LISTEN, TIME_WAIT, CLOSED, SYN_SENT) or conn.parent is not None:
+                continue
+            if conn.orphan or conn.wr_shut:
+                n += 1
+        return n
+
     def connection_closed(self, conn: TcpConnection) -> None:
         """Called by a connection entering CLOSED: forget it, close its flow, free its port."""
         if conn.timer is not None:
@@ -284,7 +299,7 @@ class TcpLayer:
                 del self.conns[key]
             if conn.flow_open:
                 conn.flow_open = False
-                self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, conn.flow_remote)
+                self._close_flow_later(key, conn.flow_remote)
         parent = conn.parent
         if parent is not None:
             # A child already in the accept queue stays there even when reset: Linux's accept()
@@ -413,10 +428,26 @@ class TcpLayer:
             return group[h % len(group)]
         return group[0]
 
+    def _close_flow_later(self, key: tuple[int, bytes, int], remote: tuple[bytes, int] | None) -> None:
+        """A connection ended: keep its diversion flow for ``config.closed_flow_grace`` seconds,
+        so that the peer's late segments (its FIN or data racing our RST, a retransmission)
+        still reach the stack, which answers them with a RST as Linux would, instead of the
+        host's kernel (which would also reset them, but from outside the stack)."""
+        self.closed_flows[key] = remote
+        self.stack.call_later(self.config.closed_flow_grace, self._flow_grace_over, key, remote)
+
+    def _flow_grace_over(self, key: tuple[int, bytes, int], remote: tuple[bytes, int] | None) -> None:
+        if self.closed_flows.get(key, False) is remote:
+            del self.closed_flows[key]
+        self.stack.flows.flow_closed(PROTO_TCP, key[0], remote)
+
     def no_connection(self, ip_header: IPv4Header, seg: Segment) -> None:
-        """RFC 9293 3.10.7.1: a segment for no connection draws a RST (own mode only)."""
+        """RFC 9293 3.10.7.1: a segment for no connection draws a RST: in own mode always, in
+        shared mode for connections that ended moments ago (the kernel answers the rest)."""
         self.c["drop.no_connection"] += 1
-        if seg.flags & RST or not self.stack.own_mode:
+        if seg.flags & RST:
+            return
+        if not self.stack.own_mode and (seg.dport, ip_header.src, seg.sport) not in self.closed_flows:
             return
         self.send_reset(ip_header.dst, ip_header.src, seg)
 
@@ -521,7 +552,8 @@ class TcpLayer:
 
     def owns(self, local_port: int, remote_ip: bytes, remote_port: int) -> bool:
         """Whether a segment from ``remote_ip:remote_port`` to ``local_port`` is the stack's."""
-        return (local_port, remote_ip, remote_port) in self.conns or local_port in self.listeners
+        key = (local_port, remote_ip, remote_port)
+        return key in self.conns or local_port in self.listeners or key in self.closed_flows
 
     def __repr__(self) -> str:
         states: dict[str, int] = {}
