@@ -531,3 +531,23 @@ def test_segment_for_another_address_is_not_answered() -> None:
     tcp = build_tcp(PEER_IP, bytes([10, 0, 0, 255]), peer.port, 80, 1, 0, SYN, 1000)
     net.inject(build_ipv4(PEER_IP, bytes([10, 0, 0, 255]), 6, tcp))
     net.assert_quiet()
+
+
+def test_a_hook_that_aborts_in_the_middle_of_a_segment_does_not_break_its_processing() -> None:
+    """An ACK that frees send space arriving with the peer's FIN: ``on_writable`` runs first; a
+    subclass (or a socket facade) that resets the connection from it must not make the rest of
+    the segment's processing (the FIN's ACK) fail."""
+
+    class AbortOnWritable(TcpConnection):
+        def on_writable(self) -> None:
+            if self.state != S.CLOSED:
+                self.abort()
+
+    net = Net()
+    conn, peer = net.established(AbortOnWritable)
+    conn.send(b"data")
+    peer.expect(payload=b"data", u=1)
+    peer.send(FIN | ACK)  # acknowledges the data (on_writable -> abort) and carries a FIN
+    rst = peer.expect(flags=RST | ACK)
+    assert rst is not None and conn.state == S.CLOSED and net.tcp.conns == {}
+    peer.expect_none()

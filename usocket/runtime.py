@@ -172,7 +172,9 @@ class Runtime:
         self._run_stop_callbacks()
 
     def _wait_closing(self, grace: float) -> None:
-        if grace <= 0 or not self.running or threading.current_thread() is self._thread:
+        # Only a shared address has a kernel that would answer the peer's late segments.
+        if grace <= 0 or not self.running or threading.current_thread() is self._thread \
+                or self.config.mode != SHARED:
             return
         stack = self.stack
         tcp = getattr(stack, "tcp", None)

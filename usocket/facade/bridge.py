@@ -155,34 +155,41 @@ class Bridge:
         return e
 
 
+_EST, _READ, _WRITE, _ACCEPT, _ENDED = 1, 2, 4, 8, 16
+
+
 class FacadeConnection(TcpConnection):
-    """A TCP connection whose events drive its :class:`StreamBridge`."""
+    """A TCP connection whose events drive its :class:`StreamBridge`.
+
+    The hooks run in the middle of the connection's own processing (an ACK that frees send
+    space arrives with the peer's FIN, ...): they only note what happened and let the bridge do
+    its work from a 0-delay stack timer, after the segment is processed, since that work may
+    close or reset this very connection."""
 
     bridge: StreamBridge | None = None
 
+    def _kick(self, what: int) -> None:
+        b = self.bridge
+        if b is not None:
+            b.kick(what)
+
     def on_established(self) -> None:
-        if self.bridge is not None:
-            self.bridge.established()
+        self._kick(_EST)
 
     def on_readable(self) -> None:
-        if self.bridge is not None:
-            self.bridge.push()
+        self._kick(_READ)
 
     def on_writable(self) -> None:
-        if self.bridge is not None:
-            self.bridge.pull()
+        self._kick(_WRITE)
 
     def on_accept_ready(self) -> None:
-        if self.bridge is not None:
-            self.bridge.sync_tokens()
+        self._kick(_ACCEPT)
 
     def on_closed(self) -> None:
-        if self.bridge is not None:
-            self.bridge.conn_ended()
+        self._kick(_ENDED)
 
     def on_error(self) -> None:
-        if self.bridge is not None:
-            self.bridge.conn_ended()
+        self._kick(_ENDED)
 
     def on_shutdown(self) -> None:
         if self.bridge is not None:
@@ -208,6 +215,33 @@ class StreamBridge(Bridge):
         self.tx_done = False  # EOF read from the application (our FIN is queued)
         self.app_rd_shut = False  # the application did shutdown(SHUT_RD)
         self.tokens = 0  # listener: token bytes written for the accept queue
+        self.todo = 0  # connection events noted by the hooks, handled by service()
+        self.kicked = False
+
+    def kick(self, what: int) -> None:
+        self.todo |= what
+        if not self.kicked:
+            self.kicked = True
+            self.stack.call_later(0, self.service)
+
+    def service(self) -> None:
+        """The connection's events since the last call (from a 0-delay timer)."""
+        self.kicked = False
+        todo, self.todo = self.todo, 0
+        if self.gone:
+            return
+        if todo & _EST and not self.connected:
+            self.established()
+            return
+        if todo & _ENDED:
+            self.conn_ended()
+        if todo & _READ:
+            self.push()
+        if todo & _WRITE:
+            self.pull()
+        if todo & _ACCEPT:
+            self.sync_tokens()
+        self.update()
         self.connect_unreported = False  # connected with no connect() call having seen it (Linux SS_CONNECTING)
 
     # -- interest --------------------------------------------------------------------------

@@ -417,7 +417,8 @@ class TcpConnection:
         """Build and hand one segment to the layer. ACK-bearing segments carry our ACK,
         timestamps and SACK blocks, and end any pending delayed ACK."""
         tpl = self.template
-        assert tpl is not None
+        if tpl is None:  # closed meanwhile, e.g. by an on_* hook run earlier in this segment
+            return
         syn = bool(flags & SYN)
         if flags & ACK:
             ack = (self.irs + self.rcv_nxt) & MASK

@@ -84,6 +84,7 @@ class TcpLayer:
         self._reuseport_key = os.urandom(16)
         # flows of connections that ended, kept diverted for a grace period: key -> flow remote
         self.closed_flows: dict[tuple[int, bytes, int], tuple[bytes, int] | None] = {}
+        self.last_close = 0.0
         stack.ipv4.register(PROTO_TCP, self.receive)
         stack.icmp.register_error_handler(PROTO_TCP, self.icmp_error)
 
@@ -279,7 +280,8 @@ class TcpLayer:
         """Connections still finishing their close (a FIN of ours not yet acknowledged, the
         peer's FIN not yet received after ours, or an orphan with data to send): what a stop
         should wait for, so that the peer's last segments meet the stack, not the kernel."""
-        n = 0
+        # a connection that ended a moment ago (often by our RST) may still draw the peer's FIN
+        n = 1 if self.closed_flows and self.stack.now - self.last_close < 0.1 else 0
         for conn in self.conns.values():
             st = conn.state
             if st in (LISTEN, TIME_WAIT, CLOSED, SYN_SENT) or conn.parent is not None:
@@ -434,6 +436,7 @@ class TcpLayer:
         still reach the stack, which answers them with a RST as Linux would, instead of the
         host's kernel (which would also reset them, but from outside the stack)."""
         self.closed_flows[key] = remote
+        self.last_close = self.stack.now
         self.stack.call_later(self.config.closed_flow_grace, self._flow_grace_over, key, remote)
 
     def _flow_grace_over(self, key: tuple[int, bytes, int], remote: tuple[bytes, int] | None) -> None:
