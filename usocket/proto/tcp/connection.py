@@ -1565,6 +1565,8 @@ class TcpConnection:
             if not peek:
                 self._consumed(len(data))
             return data
+        if self.fin_received:  # Linux tcp_recvmsg checks SOCK_DONE before sk_err: a FIN that came
+            return b""         # before a reset is an EOF (the error stays for send()/SO_ERROR)
         if self.error:
             raise _err(self.take_error())
         if self.state == LISTEN or (self.state == CLOSED and self.remote_ip is None):
