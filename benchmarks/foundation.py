@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import socket
 import statistics
 import sys
 import textwrap
 import time
 import timeit
 
-from usocket.dgram import DatagramSocket
+from usocket.facade.sockets import socket_on
 from usocket.lab import Lab
 from usocket.runtime import Runtime
 from usocket.wire.addr import ip_ntoa
@@ -54,7 +55,7 @@ def pct(values: list[float], p: float) -> float:
 
 def rr_usocket(rt: Runtime, lab: Lab, rounds: int) -> list[float]:
     lat = []
-    with DatagramSocket(rt) as s:
+    with socket_on(rt, socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         s.connect((lab.server_ip, lab.ports["udp_echo"]))
         for _ in range(50):  # warm up ARP and caches
@@ -69,9 +70,11 @@ def rr_usocket(rt: Runtime, lab: Lab, rounds: int) -> list[float]:
 
 
 def blast_usocket(rt: Runtime, lab: Lab, n: int, size: int, rate: float) -> dict[str, float]:
-    with DatagramSocket(rt) as s:
+    with socket_on(rt, socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("", 0))
-        s._ep.rcvbuf = 64 << 20  # measure the stack, not the socket buffer
+        # measure the stack, not the socket buffer: as large as a kernel socket may ask for
+        # (Linux caps it at net.core.rmem_max, and so does the facade's socketpair)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
         port = s.getsockname()[1]
         s.settimeout(10)
         p = lab.popen(lab.server_ns, [sys.executable, "-c", BLAST, ip_ntoa(rt.config.address), str(port), str(n),

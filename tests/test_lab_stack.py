@@ -18,15 +18,21 @@ import textwrap
 import pytest
 from lab_runtime import stack_ip, usocket_rules
 
-from usocket.dgram import DatagramSocket
+from usocket.facade.sockets import socket as usocket_socket
+from usocket.facade.sockets import socket_on
 from usocket.runtime import Runtime
 from usocket.wire.addr import ip_aton, mac_aton
 
 pytestmark = pytest.mark.lab
 
 
+def udp(rt: Runtime) -> usocket_socket:
+    """``socket(AF_INET, SOCK_DGRAM)`` on ``rt`` (the facade's, as an application gets it)."""
+    return socket_on(rt, socket.AF_INET, socket.SOCK_DGRAM)
+
+
 def test_arp_resolves_the_peer(lab, runtime, mode):
-    with DatagramSocket(runtime) as s:
+    with udp(runtime) as s:
         s.settimeout(5)
         s.sendto(b"hello", (lab.server_ip, lab.ports["udp_echo"]))
         data, addr = s.recvfrom(100)
@@ -46,7 +52,7 @@ SIZES = [1, 100, 1472, 1473, 8000, 30000, 60000, 65503]
 
 def test_udp_echo_all_sizes_with_fragmentation_both_ways(lab, runtime, mode):
     stack = runtime.stack
-    with DatagramSocket(runtime) as s:
+    with udp(runtime) as s:
         s.settimeout(5)
         s.connect((lab.server_ip, lab.ports["udp_echo"]))
         # 65507 is the largest UDP payload; in shared mode NFQUEUE copies at most 65531 bytes of
@@ -66,7 +72,7 @@ def test_udp_echo_all_sizes_with_fragmentation_both_ways(lab, runtime, mode):
 
 def test_shared_mode_oversized_datagram_is_counted_not_corrupted(lab):
     lab.block_kernel_egress()
-    with Runtime(lab.stack_config("shared")) as rt, DatagramSocket(rt) as s:
+    with Runtime(lab.stack_config("shared")) as rt, udp(rt) as s:
         s.settimeout(1)
         s.connect((lab.server_ip, lab.ports["udp_echo"]))
         s.send(os.urandom(65507))
@@ -80,7 +86,7 @@ def test_shared_mode_oversized_datagram_is_counted_not_corrupted(lab):
 
 
 def test_connected_udp_gets_connection_refused_from_icmp(lab, runtime):
-    with DatagramSocket(runtime) as s:
+    with udp(runtime) as s:
         s.settimeout(5)
         s.connect((lab.server_ip, lab.ports["closed"]))
         s.send(b"anyone?")
@@ -127,7 +133,7 @@ def test_shared_mode_kernel_never_answers_the_stacks_flows(lab):
     lab.block_kernel_egress()
     rt = Runtime(lab.stack_config("shared"))
     with lab.capture(lab.server_ns, lab.server_if, f"icmp and src host {lab.client_ip}") as pcap:
-        with rt, DatagramSocket(rt) as s:
+        with rt, udp(rt) as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
             rules = usocket_rules(lab)
@@ -151,10 +157,11 @@ def test_shared_mode_kernel_never_answers_the_stacks_flows(lab):
 CHILD = textwrap.dedent("""
     import os, sys, time
     from usocket.runtime import Runtime
-    from usocket.dgram import DatagramSocket
+    import socket
+    from usocket.facade.sockets import socket_on
     from usocket.config import discover
     rt = Runtime(discover(netns=sys.argv[1], iface=sys.argv[2], mode="shared")).start()
-    s = DatagramSocket(rt)
+    s = socket_on(rt, socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("", 0))
     print(s.getsockname()[1], flush=True)
     time.sleep(60)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import threading
 import pytest
 
 from usocket.config import OWN, StackConfig
-from usocket.dgram import DatagramSocket
+from usocket.facade.sockets import socket_on
 from usocket.link.tap import TapLink
 from usocket.runtime import Runtime
 from usocket.wire.addr import ip_aton
@@ -28,7 +29,7 @@ def test_stack_on_a_tap_talks_to_the_kernel(lab):
     lab.run(lab.client_ns, ["ip", "addr", "add", "198.19.250.1/24", "dev", tap.name])
     cfg = StackConfig(iface=tap.name, mac=tap.mac, address=ip_aton("198.19.250.2"), prefix_len=24,
                       mtu=tap.mtu, mode=OWN)
-    with Runtime(cfg, link=tap) as rt, DatagramSocket(rt) as s:
+    with Runtime(cfg, link=tap) as rt, socket_on(rt, socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("", 5000))
         s.settimeout(10)
 
@@ -53,7 +54,7 @@ def test_stack_on_a_tap_talks_to_the_kernel(lab):
 
 def test_pcap_records_every_frame_both_ways_in_shared_mode(lab, tmp_path):
     path = str(tmp_path / "session.pcap")
-    with Runtime(lab.stack_config("shared"), pcap=path) as rt, DatagramSocket(rt) as s:
+    with Runtime(lab.stack_config("shared"), pcap=path) as rt, socket_on(rt, socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
         s.connect((lab.server_ip, lab.ports["udp_echo"]))
         for size in (10, 5000):  # the second is fragmented on the way out
@@ -71,8 +72,9 @@ def test_pcap_records_every_frame_both_ways_in_shared_mode(lab, tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys
-    from usocket.dgram import DatagramSocket
-    s = DatagramSocket()            # the process-wide runtime starts here, lazily
+    import usocket as socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the process-wide runtime starts here, lazily
+    assert s.userland
     s.settimeout(5)
     s.sendto(b"lazy", (sys.argv[1], 7))
     print(s.recv(10).decode(), flush=True)

@@ -85,6 +85,11 @@ class Registry:
             if self._by_ino.get(bridge.ino) is bridge:
                 del self._by_ino[bridge.ino]
 
+    def of(self, rt: Runtime) -> list[Bridge]:
+        """The live bridges of ``rt`` (any thread)."""
+        with self._lock:
+            return [b for b in self._by_ino.values() if b.rt is rt]
+
     def lookup(self, fd: int) -> Bridge | None:
         try:
             ino = os.fstat(fd).st_ino
@@ -98,6 +103,15 @@ class Registry:
 
 
 registry = Registry()
+_stop_hooked: set[int] = set()  # ids of the runtimes whose stop releases their bridges
+
+
+def _release_all(rt: Runtime) -> None:
+    """At stop: release every bridge of ``rt``. Stack.shutdown() reaches only bound endpoints
+    and connections in a table; a socket never bound or connected must read EOF too."""
+    _stop_hooked.discard(id(rt))
+    for b in registry.of(rt):
+        b.release()
 
 
 # ------------------------------------------------------------------------------- bridges
@@ -123,6 +137,10 @@ class Bridge:
         self.mask = self.wanted()
         self.rt.watch(self.fd, self.mask, self.on_events)
         registry.add(self)
+        rt = self.rt
+        if id(rt) not in _stop_hooked:
+            _stop_hooked.add(id(rt))
+            rt.on_stop(lambda: _release_all(rt))
 
     def wanted(self) -> int:
         return 0  # EPOLLHUP and EPOLLERR are always reported

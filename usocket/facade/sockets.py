@@ -409,7 +409,7 @@ class socket(_std.socket):
         if b is None:
             return _SUPER.recv(self, bufsize, flags)
         if isinstance(b, DatagramBridge):
-            return self._udp_recv(bufsize, flags)[0]
+            return self._udp_recv(bufsize, flags, "recv")[0]
         if not b.connected:
             self._recv_check()
         data = _SUPER.recv(self, bufsize, flags)
@@ -422,7 +422,7 @@ class socket(_std.socket):
         if b is None:
             return _SUPER.recv_into(self, buffer, nbytes, flags)
         if isinstance(b, DatagramBridge):
-            return self._udp_recv_into(buffer, nbytes, flags)[0]
+            return self._udp_recv_into(buffer, nbytes, flags, "recv_into")[0]
         if not b.connected:
             self._recv_check()
         n = _SUPER.recv_into(self, buffer, nbytes, flags)
@@ -435,7 +435,7 @@ class socket(_std.socket):
         if b is None:
             return _SUPER.recvfrom(self, bufsize, flags)
         if isinstance(b, DatagramBridge):
-            return self._udp_recv(bufsize, flags)
+            return self._udp_recv(bufsize, flags, "recvfrom")
         return self.recv(bufsize, flags), None
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
@@ -443,7 +443,7 @@ class socket(_std.socket):
         if b is None:
             return _SUPER.recvfrom_into(self, buffer, nbytes, flags)
         if isinstance(b, DatagramBridge):
-            return self._udp_recv_into(buffer, nbytes, flags)
+            return self._udp_recv_into(buffer, nbytes, flags, "recvfrom_into")
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list[Any], int, Any]:
@@ -505,9 +505,10 @@ class socket(_std.socket):
                 pass
             raise _oserror(e.errno or errno.EIO) from None
 
-    def _udp_record(self, bufsize: int, flags: int) -> tuple[bytes, tuple[str, int] | None, int]:
+    def _udp_record(self, bufsize: int, flags: int, method: str = "recvfrom") -> tuple[
+            bytes, tuple[str, int] | None, int]:
         if _int(bufsize) < 0:
-            raise ValueError("negative buffersize in recvfrom")
+            raise ValueError(f"negative buffersize in {method}")
         while True:
             data, _, mflags, _ = _SUPER.recvmsg(self, bufsize + _HDR, 0, flags)
             if len(data) < _HDR:
@@ -523,16 +524,16 @@ class socket(_std.socket):
             if code:
                 raise _oserror(code)
 
-    def _udp_recv(self, bufsize: int, flags: int) -> tuple[bytes, tuple[str, int] | None]:
-        data, addr, _ = self._udp_record(bufsize, flags)
+    def _udp_recv(self, bufsize: int, flags: int, method: str) -> tuple[bytes, tuple[str, int] | None]:
+        data, addr, _ = self._udp_record(bufsize, flags, method)
         return data, addr
 
-    def _udp_recv_into(self, buffer: Any, nbytes: int, flags: int) -> tuple[int, Any]:
+    def _udp_recv_into(self, buffer: Any, nbytes: int, flags: int, method: str) -> tuple[int, Any]:
         mv = memoryview(buffer).cast("B")
         if mv.readonly:
             raise TypeError("recv_into() argument 'buffer' must be read-write bytes-like object")
         if _int(nbytes) < 0:
-            raise ValueError("negative buffersize in recv_into")
+            raise ValueError(f"negative buffersize in {method}")
         if nbytes > len(mv):
             raise ValueError("buffer too small for requested bytes")
         n = nbytes or len(mv)
