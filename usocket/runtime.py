@@ -1,11 +1,12 @@
 """The edge: one stack thread per process that owns the link, the diversion and the clock.
 
 The :class:`usocket.stack.Stack` is sans-IO; :class:`Runtime` runs it for real. The stack thread
-waits in ``select()`` on the link, the NFQUEUE descriptor (shared mode) and an ``eventfd`` that
-user threads write to when they hand it work (``call``/``call_soon``). Every touch of stack state
-happens on that thread, so the protocol code needs no locks. User threads block on their own
-descriptors (see :mod:`usocket.facade.bridge`) or conditions, never by busy-waiting;
-:meth:`Runtime.on_stop` lets them be woken when the runtime goes away.
+waits in ``epoll`` on the link, the NFQUEUE descriptor (shared mode), the socket facade's pair
+ends (:meth:`Runtime.watch`) and an ``eventfd`` that user threads write to when they hand it
+work (``call``/``call_soon``). Every touch of stack state happens on that thread, so the
+protocol code needs no locks. User threads block on their own descriptors (see
+:mod:`usocket.facade.bridge`) or conditions, never by busy-waiting; :meth:`Runtime.on_stop` lets
+them be woken when the runtime goes away.
 
 Lifecycle: ``start()`` once (a stopped runtime is not restarted: build a new one), ``stop()``
 any number of times. Stopping runs :meth:`usocket.stack.Stack.shutdown` on the stack thread

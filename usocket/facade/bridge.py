@@ -348,9 +348,8 @@ class StreamBridge(Bridge):
         if child is None:
             return consume, -1, None
         assert isinstance(child, FacadeConnection)
-        app, end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        end.setblocking(False)
-        bridge = StreamBridge(self.rt, end, os.fstat(app.fileno()).st_ino, child, 0)
+        app, end, ino = _pair(_socket.SOCK_STREAM)
+        bridge = StreamBridge(self.rt, end, ino, child, 0)
         bridge.connected = True
         bridge.attach()
         bridge.push()
@@ -568,51 +567,53 @@ class DatagramBridge(Bridge):
 
 
 # ------------------------------------------------------------------------------- creation
-def new_stream(rt: Runtime) -> tuple[_socket.socket, StreamBridge, int]:
-    """A TCP socket's pair: ``(application end, bridge, filler bytes)`` (any thread)."""
-    app, end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+def _pair(kind: int) -> tuple[_socket.socket, _socket.socket, int]:
+    """A socketpair of ``kind``: ``(application end, stack end, the application end's inode)``."""
+    app, end = _socket.socketpair(_socket.AF_UNIX, kind)
     end.setblocking(False)
-    filler = write_filler(app)
-    ino = os.fstat(app.fileno()).st_ino
+    return app, end, os.fstat(app.fileno()).st_ino
 
-    def make() -> StreamBridge:
-        stack = rt.stack
-        assert stack is not None
-        conn = stack.tcp.open(FacadeConnection)
-        assert isinstance(conn, FacadeConnection)
-        bridge = StreamBridge(rt, end, ino, conn, filler)
-        bridge.attach()
-        return bridge
 
+def _open(rt: Runtime, kind: int, build: Any) -> tuple[_socket.socket, Any]:
+    """A new socket's pair, its bridge made by ``build(stack, end, ino, filler)`` on the stack
+    thread; ``(application end, bridge)``. Any thread."""
+    app, end, ino = _pair(kind)
     try:
-        return app, rt.call(make), filler
+        filler = write_filler(app) if kind == _socket.SOCK_STREAM else 0
+        return app, rt.call(build, rt, end, ino, filler)
     except BaseException:
         app.close()
         end.close()
         raise
+
+
+def _build_stream(rt: Runtime, end: _socket.socket, ino: int, filler: int) -> StreamBridge:
+    assert rt.stack is not None
+    conn = rt.stack.tcp.open(FacadeConnection)
+    assert isinstance(conn, FacadeConnection)
+    bridge = StreamBridge(rt, end, ino, conn, filler)
+    bridge.attach()
+    return bridge
+
+
+def _build_datagram(rt: Runtime, end: _socket.socket, ino: int, filler: int) -> DatagramBridge:
+    assert rt.stack is not None
+    ep = rt.stack.udp.open(FacadeEndpoint)
+    assert isinstance(ep, FacadeEndpoint)
+    bridge = DatagramBridge(rt, end, ino, ep)
+    bridge.set_rcvbuf(ep.rcvbuf)
+    bridge.attach()
+    return bridge
+
+
+def new_stream(rt: Runtime) -> tuple[_socket.socket, StreamBridge]:
+    """A TCP socket's pair and bridge (any thread)."""
+    return _open(rt, _socket.SOCK_STREAM, _build_stream)
 
 
 def new_datagram(rt: Runtime) -> tuple[_socket.socket, DatagramBridge]:
-    app, end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-    end.setblocking(False)
-    ino = os.fstat(app.fileno()).st_ino
-
-    def make() -> DatagramBridge:
-        stack = rt.stack
-        assert stack is not None
-        ep = stack.udp.open(FacadeEndpoint)
-        assert isinstance(ep, FacadeEndpoint)
-        bridge = DatagramBridge(rt, end, ino, ep)
-        bridge.set_rcvbuf(ep.rcvbuf)
-        bridge.attach()
-        return bridge
-
-    try:
-        return app, rt.call(make)
-    except BaseException:
-        app.close()
-        end.close()
-        raise
+    """A UDP socket's pair and bridge (any thread)."""
+    return _open(rt, _socket.SOCK_SEQPACKET, _build_datagram)
 
 
 __all__ = ["Bridge", "StreamBridge", "DatagramBridge", "FacadeConnection", "FacadeEndpoint",

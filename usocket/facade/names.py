@@ -54,35 +54,26 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .. import runtime as _runtime
-from ..proto.dns import H_STRERROR, HOST_NOT_FOUND, NO_RECOVERY, TRY_AGAIN, DnsError, inet_aton_exact
+from ..proto.dns import (
+    EAI_AGAIN,
+    EAI_BADFLAGS,
+    EAI_FAMILY,
+    EAI_NONAME,
+    EAI_SERVICE,
+    EAI_SOCKTYPE,
+    GAI_STRERROR,
+    H_STRERROR,
+    HOST_NOT_FOUND,
+    NO_RECOVERY,
+    TRY_AGAIN,
+    DnsError,
+    inet_aton_exact,
+)
 from ..resolver import Resolver
 
 __all__ = ["getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"]
 
 AF_UNSPEC, AF_INET, AF_INET6 = _std.AF_UNSPEC, _std.AF_INET, _std.AF_INET6
-
-EAI_BADFLAGS: int = getattr(_std, "EAI_BADFLAGS", -1)
-EAI_NONAME: int = getattr(_std, "EAI_NONAME", -2)
-EAI_AGAIN: int = getattr(_std, "EAI_AGAIN", -3)
-EAI_FAIL: int = getattr(_std, "EAI_FAIL", -4)
-EAI_NODATA: int = getattr(_std, "EAI_NODATA", -5)
-EAI_FAMILY: int = getattr(_std, "EAI_FAMILY", -6)
-EAI_SOCKTYPE: int = getattr(_std, "EAI_SOCKTYPE", -7)
-EAI_SERVICE: int = getattr(_std, "EAI_SERVICE", -8)
-EAI_ADDRFAMILY: int = getattr(_std, "EAI_ADDRFAMILY", -9)
-
-# glibc's gai_strerror texts: what the stdlib's gaierror carries.
-GAI_STRERROR = {
-    EAI_BADFLAGS: "Bad value for ai_flags",
-    EAI_NONAME: "Name or service not known",
-    EAI_AGAIN: "Temporary failure in name resolution",
-    EAI_FAIL: "Non-recoverable failure in name resolution",
-    EAI_NODATA: "No address associated with hostname",
-    EAI_FAMILY: "ai_family not supported",
-    EAI_SOCKTYPE: "ai_socktype not supported",
-    EAI_SERVICE: "Servname not supported for ai_socktype",
-    EAI_ADDRFAMILY: "Address family for hostname not supported",
-}
 
 # The flags glibc accepts (anything else is EAI_BADFLAGS): AI_PASSIVE .. AI_ADDRCONFIG (0x3f),
 # AI_IDN 0x40, AI_CANONIDN 0x80, the deprecated IDN flags 0x300, AI_NUMERICSERV 0x400.

@@ -42,7 +42,6 @@ _SNDBUF_MIN = 4608  # Linux SOCK_MIN_SNDBUF
 _HDR = RECORD.size
 _SUPER = _std.socket
 _SO_REUSEPORT = getattr(_std, "SO_REUSEPORT", -1)
-_LOOPBACK_CONNECT = (b"\0\0\0\0",)
 
 
 def _oserror(code: int) -> OSError:
@@ -92,7 +91,7 @@ class socket(_std.socket):
     def _init_userland(self, rt: Runtime, base: int, type: int, proto: int) -> None:
         b: _bridge.Bridge
         if base == _STREAM:
-            app, b, _ = _bridge.new_stream(rt)
+            app, b = _bridge.new_stream(rt)
         else:
             app, b = _bridge.new_datagram(rt)
         try:
@@ -106,10 +105,6 @@ class socket(_std.socket):
             self.setblocking(False)
 
     # -- plumbing ---------------------------------------------------------------------------
-    @property
-    def _rt(self) -> Runtime:
-        return self._b.rt
-
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return self._b.rt.call(fn, *args)
@@ -130,7 +125,7 @@ class socket(_std.socket):
     def _address(self, address: Any, method: str) -> bytes:
         """``(host, port)`` -> the IPv4 address as bytes (resolving names through the stack)."""
         if not isinstance(address, tuple):
-            raise TypeError(f"{self._family_name()} address must be tuple, not {type(address).__name__}")
+            raise TypeError(f"AF_INET address must be tuple, not {type(address).__name__}")
         if len(address) != 2:
             raise TypeError("AF_INET address must be a pair (host, port)")
         host, port = address
@@ -152,10 +147,6 @@ class socket(_std.socket):
         from .names import gethostbyname
 
         return ip_aton(gethostbyname(host))
-
-    @staticmethod
-    def _family_name() -> str:
-        return "AF_INET"
 
     def _to_kernel(self) -> None:
         """Replace the pair under our descriptor by a kernel socket (loopback traffic)."""

@@ -150,15 +150,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
                         pass
                     return
-                left = size
-                while left:
-                    data = self.rfile.read(min(left, 1 << 20))
-                    if not data:
-                        raise ConnectionError("body cut short")
-                    left -= len(data)
-                    yield data
+                yield from self._read(size)
                 self.rfile.readline()  # the CRLF after the chunk
-        left = int(self.headers.get("Content-Length") or 0)
+        yield from self._read(int(self.headers.get("Content-Length") or 0))
+
+    def _read(self, left: int) -> Iterator[bytes]:
+        """Exactly ``left`` bytes of the body, in pieces of at most 1 MiB."""
         while left:
             data = self.rfile.read(min(left, 1 << 20))
             if not data:

@@ -104,17 +104,27 @@ TRY_AGAIN = 2
 NO_RECOVERY = 3
 NO_DATA = 4
 
+EAI_BADFLAGS: int = getattr(_socket, "EAI_BADFLAGS", -1)
 EAI_NONAME: int = getattr(_socket, "EAI_NONAME", -2)
 EAI_AGAIN: int = getattr(_socket, "EAI_AGAIN", -3)
 EAI_FAIL: int = getattr(_socket, "EAI_FAIL", -4)
 EAI_NODATA: int = getattr(_socket, "EAI_NODATA", -5)
+EAI_FAMILY: int = getattr(_socket, "EAI_FAMILY", -6)
+EAI_SOCKTYPE: int = getattr(_socket, "EAI_SOCKTYPE", -7)
+EAI_SERVICE: int = getattr(_socket, "EAI_SERVICE", -8)
+EAI_ADDRFAMILY: int = getattr(_socket, "EAI_ADDRFAMILY", -9)
 
 # glibc's gai_strerror / hstrerror texts (what the stdlib's exceptions carry).
 GAI_STRERROR = {
+    EAI_BADFLAGS: "Bad value for ai_flags",
     EAI_NONAME: "Name or service not known",
     EAI_AGAIN: "Temporary failure in name resolution",
     EAI_FAIL: "Non-recoverable failure in name resolution",
     EAI_NODATA: "No address associated with hostname",
+    EAI_FAMILY: "ai_family not supported",
+    EAI_SOCKTYPE: "ai_socktype not supported",
+    EAI_SERVICE: "Servname not supported for ai_socktype",
+    EAI_ADDRFAMILY: "Address family for hostname not supported",
 }
 H_STRERROR = {
     HOST_NOT_FOUND: "Unknown host",
