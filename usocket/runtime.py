@@ -75,6 +75,7 @@ class Runtime:
         self._start_error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop_callbacks: list[Callable[[], None]] = []
+        self._finish_callbacks: list[Callable[[], None]] = []
         self._epoll: Any = None
         self._handlers: dict[int, Callable[[int], None]] = {}
 
@@ -171,6 +172,27 @@ class Runtime:
             if thread.is_alive():
                 log.error("usocket: the stack thread did not stop within %.1f s", timeout)
         self._run_stop_callbacks()
+
+    def finish(self, grace: float | None = None, timeout: float = 10.0) -> None:
+        """Stop as a process exit does for kernel sockets (what ``get_runtime()`` registers with
+        atexit): the :meth:`on_finish` callbacks run on the stack thread first (the socket facade
+        closes every socket the application still holds, as the kernel closes a dying process's
+        descriptors: what it wrote is sent, then FIN, or RST when received data was left
+        unread), then :meth:`stop` with its ``grace`` for those closes to complete."""
+        if self.running:
+            with self._lock:
+                callbacks, self._finish_callbacks = self._finish_callbacks, []
+            for cb in callbacks:
+                try:
+                    self.call(cb, timeout=timeout)
+                except Exception:  # noqa: BLE001 - stop anyway
+                    log.exception("usocket: error in a finish callback")
+        self.stop(timeout, grace)
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` on the stack thread when :meth:`finish` is called (once)."""
+        with self._lock:
+            self._finish_callbacks.append(callback)
 
     def _wait_closing(self, grace: float) -> None:
         # Only a shared address has a kernel that would answer the peer's late segments.
@@ -440,19 +462,23 @@ def _broadcast(address: bytes, prefix_len: int) -> bytes:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+# Keyword arguments for the Runtime that get_runtime() creates (the hijacker sets ``pcap``).
+default_options: dict[str, Any] = {}
 
 
 def get_runtime() -> Runtime:
-    """The process-wide runtime, created from the system/environment and started at first use."""
+    """The process-wide runtime, created from the system/environment (and
+    :data:`default_options`) and started at first use; at interpreter exit :meth:`Runtime.finish`
+    closes what the program left open, as process exit does for kernel sockets."""
     global _runtime
     with _runtime_lock:
         if _runtime is None or _runtime._state == "stopped":
             if os.environ.get("USOCKET_DEFAULT_RUNTIME") == "0":
                 raise RuntimeStopped("no usocket runtime installed and USOCKET_DEFAULT_RUNTIME=0 forbids "
                                      "starting the default one (tests: use a runtime fixture)")
-            rt = Runtime()
+            rt = Runtime(**default_options)
             rt.start()
-            atexit.register(rt.stop)
+            atexit.register(rt.finish)
             _runtime = rt
         return _runtime
 

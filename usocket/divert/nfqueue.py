@@ -34,7 +34,6 @@ import contextlib
 import errno
 import os
 import signal
-import socket
 import struct
 import threading
 import weakref
@@ -43,6 +42,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from ..netns import run_in_netns
 from ..stack import FlowObserver
 from . import rules as _rules
@@ -141,7 +141,9 @@ def install_sigterm_handler() -> bool:
     """Make SIGTERM remove the rules of every open Diverter first (main thread only).
 
     Installed when SIGTERM has its default action (then re-raised with it) or a Python handler
-    (then chained); left alone when ignored or set outside Python. True if installed now or before.
+    (then chained); left alone when ignored or set outside Python, or when the handler says it
+    closes usocket itself (a ``usocket_graceful`` attribute: the hijacker's, which lets closing
+    connections finish before the rules go). True if installed now or before.
     """
     if _sigterm_state["installed"]:
         return True
@@ -150,6 +152,8 @@ def install_sigterm_handler() -> bool:
     current = signal.getsignal(signal.SIGTERM)
     if current is signal.SIG_IGN or current is None:
         return False
+    if getattr(current, "usocket_graceful", False):  # the hijacker's: it finishes the runtime itself
+        return True
     _sigterm_state["previous"] = current
     signal.signal(signal.SIGTERM, _on_sigterm)
     _sigterm_state["installed"] = True

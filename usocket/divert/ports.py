@@ -30,9 +30,9 @@ from __future__ import annotations
 import errno
 import random
 import resource
-import socket
 from collections.abc import Callable
 
+from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from ..netns import run_in_netns
 from ..proto.ports import PortAllocator
 

@@ -29,10 +29,12 @@ number be reused at any time): everything it does goes through its own end.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import socket as _socket
 import struct
+import termios
 import threading
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from typing import Any
@@ -106,6 +108,22 @@ registry = Registry()
 _stop_hooked: set[int] = set()  # ids of the runtimes whose stop releases their bridges
 
 
+def _close_all(rt: Runtime) -> None:
+    """Process exit (stack thread, :meth:`Runtime.finish`): close every socket of ``rt`` the
+    application still holds, as the kernel closes a dying process's descriptors: a connection
+    sends what was written, then FIN — or RST when received data was left unread."""
+    for b in registry.of(rt):
+        if isinstance(b, StreamBridge):
+            unread = len(b.conn.rcvbuf) > 0
+            try:
+                unread = unread or fcntl.ioctl(b.fd, termios.TIOCOUTQ, b"\0\0\0\0") != b"\0\0\0\0"
+            except OSError:
+                pass
+            b.app_closed(reset=unread and b.connected and not b.filler)
+        else:
+            b.on_events(EPOLLHUP)
+
+
 def _release_all(rt: Runtime) -> None:
     """At stop: release every bridge of ``rt``. Stack.shutdown() reaches only bound endpoints
     and connections in a table; a socket never bound or connected must read EOF too."""
@@ -141,6 +159,7 @@ class Bridge:
         if id(rt) not in _stop_hooked:
             _stop_hooked.add(id(rt))
             rt.on_stop(lambda: _release_all(rt))
+            rt.on_finish(lambda: _close_all(rt))
 
     def wanted(self) -> int:
         return 0  # EPOLLHUP and EPOLLERR are always reported

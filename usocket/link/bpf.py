@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import socket
 import struct
 from collections.abc import Callable, Mapping, Sequence
+
+from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 
 Instr = tuple[int, int, int, int]
 Program = list[Instr]

@@ -32,12 +32,12 @@ import dataclasses
 import heapq
 import itertools
 import random
-import socket
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from .base import MAX_FRAME, Link, errno_reason
 from .pcap import PcapWriter
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import socket
 import struct
 from typing import Any
 
+from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from ..netns import run_in_netns
 from . import bpf as _bpf
 from .base import MAX_FRAME, Link, errno_reason

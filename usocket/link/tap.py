@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import struct
 
+from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from ..netns import run_in_netns
 from .base import MAX_FRAME, Link, errno_reason
 
