@@ -1,28 +1,27 @@
-"""The main job on an embedded default: the lab, the userland stack, real kernel-stack servers.
+"""The main job on an embedded default: the lab, the hijacker, an unmodified urllib program.
 
-An unmodified ``urllib.request`` client fetches files from nginx and Python's http.server in the
-peer namespace, with every byte carried by the userland stack: names resolved through the
-stack's DNS (dnsmasq in the peer), TCP by the stack's engine. The kernel's own TCP/UDP egress is
-REJECTed in the client namespace, so only the userland path can work; the demo counts what those
-REJECT rules caught (0). The only change to the standard library is the one the hijacker
-(``python -m usocket_hijack``) makes for a whole program: ``http.client`` sees ``usocket`` as its
-``socket`` module, for the duration of the demo.
+``python -m usocket demo`` builds the lab (two namespaces, real kernel-stack servers in the peer),
+REJECTs the kernel's own TCP/UDP egress in the client namespace, and runs an ordinary urllib
+program (``usocket/demo_client.py``, which knows nothing about usocket) there under
+``python -m usocket_hijack``: names resolve through the stack's DNS (dnsmasq in the peer), the
+bytes travel over the stack's TCP. The demo checks every body's sha256 against the served file,
+counts what the REJECT rules caught (0), and shows the stack's per-layer counters (``--stats``).
 """
 from __future__ import annotations
 
-import hashlib
+import os
+import re
+import subprocess
+import sys
 import time
-from typing import Any
+
+CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_client.py")
+SHOWN_LAYERS = ("tcp", "dns", "divert", "ipv4")
 
 
 def run_demo(mode: str = "shared", pcap: str | None = None, verbose: bool = False) -> int:
-    import http.client
-    import urllib.request
-
-    import usocket
-
     from .lab import Lab
-    from .runtime import Runtime, set_runtime
+    from .netns import ns_cmd
     from .wire.addr import ip_ntoa
 
     print("usocket demo: building the lab (two namespaces, veth, kernel-stack servers) ...", flush=True)
@@ -32,48 +31,41 @@ def run_demo(mode: str = "shared", pcap: str | None = None, verbose: bool = Fals
         print(f"  client namespace {lab.client_ns}: stack on {cfg.iface} {ip_ntoa(cfg.address)}/{cfg.prefix_len} "
               f"({mode} mode); kernel TCP/UDP egress REJECTed there")
         print(f"  server namespace {lab.server_ns}: {lab.server_ip} (kernel stack: dnsmasq, nginx, http.server)")
+        files = [("nginx", "/index.html"), ("http", "/1m.bin"), ("nginx", "/16m.bin")]
+        urls = {lab.url(path, server, host=lab.server_name): path for server, path in files}
+        opts = ["--stats"] + (["--pcap", os.path.abspath(pcap)] if pcap else [])
+        argv = [sys.executable, "-m", "usocket_hijack", *opts, CLIENT, lab.server_name, f"www.{lab.DOMAIN}",
+                "--", *urls]
+        env = dict(os.environ, **lab.env(mode))
+        env.pop("USOCKET_DEFAULT_RUNTIME", None)
+        print(f"  running: ip netns exec {lab.client_ns} python -m usocket_hijack {' '.join(opts)} "
+              f"usocket/demo_client.py ...\n", flush=True)
         t0 = time.monotonic()
-        failed = 0
-        with Runtime(cfg, pcap=pcap) as rt:
-            stack = rt.stack
-            assert stack is not None
-            prev = set_runtime(rt)
-            client: Any = http.client
-            saved = client.socket
-            client.socket = usocket  # what the hijacker does
-            try:
-                print("\n1. Names through the stack's DNS (dnsmasq in the peer namespace):")
-                for name in (lab.server_name, f"www.{lab.DOMAIN}"):
-                    t = time.monotonic()
-                    addr = usocket.gethostbyname(name)  # type: ignore[attr-defined]
-                    print(f"   {name:<28} -> {addr:<15} in {1000 * (time.monotonic() - t):.1f} ms")
-                print("\n2. urllib.request.urlopen(), unmodified, over the stack's TCP:")
-                total = 0
-                for server, path in (("nginx", "/index.html"), ("http", "/1m.bin"), ("nginx", "/16m.bin")):
-                    url = lab.url(path, server, host=lab.server_name)
-                    t = time.monotonic()
-                    with urllib.request.urlopen(url, timeout=30) as resp:
-                        body = resp.read()
-                        status = resp.status
-                    dt = time.monotonic() - t
-                    size, digest = lab.http_files[path]
-                    ok = status == 200 and len(body) == size and hashlib.sha256(body).hexdigest() == digest
-                    failed += not ok
-                    total += len(body)
-                    print(f"   {url:<48} {status} {len(body):>9} B in {1000 * dt:7.1f} ms "
-                          f"({len(body) / dt / 1e6:5.1f} MB/s), sha256 {'match' if ok else 'MISMATCH'}")
-            finally:
-                client.socket = saved
-                set_runtime(prev)
-            counters = stack.counters.snapshot()
+        proc = subprocess.run(ns_cmd(lab.client_ns, argv), env=env, capture_output=True, text=True, timeout=120)
         elapsed = time.monotonic() - t0
-        print(f"\n3. What happened: {total} B fetched in {elapsed:.2f} s; "
-              f"the kernel's REJECT rules caught {lab.kernel_egress_rejected()} packet(s).")
-        print("   Per-layer counters:")
-        for layer in sorted(counters):
-            items = " ".join(f"{k}={v}" for k, v in sorted(counters[layer].items()) if v)
-            if verbose or layer in ("tcp", "dns", "divert", "ipv4"):
-                print(f"   {layer:>9}: {items[:300]}")
+        failed = proc.returncode != 0
+        total = 0
+        for line in proc.stdout.splitlines():
+            m = re.match(r"\s+(\S+)\s+(\d+)\s+(\d+) B in .* sha256 ([0-9a-f]{64})$", line)
+            if m:
+                url, status, size, digest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+                ok = status == 200 and (size, digest) == lab.http_files[urls.get(url, "")]
+                failed |= not ok
+                total += size
+                line = line[:line.rindex(", sha256 ")] + f", sha256 {'match' if ok else 'MISMATCH'}"
+            print(line)
+        stats = [line for line in proc.stderr.splitlines() if re.match(r"\s+\w+: ", line)]
+        other = [line for line in proc.stderr.splitlines() if line not in stats and "usocket stats" not in line]
+        if other:
+            print("\n   the program's stderr:\n" + "\n".join("   " + line for line in other))
+        print(f"\n3. What happened: {total} B fetched in {elapsed:.2f} s (the hijacked program's whole run, "
+              f"exit status {proc.returncode}); the kernel's REJECT rules caught {lab.kernel_egress_rejected()} "
+              "packet(s).")
+        print("   Per-layer counters (--stats):")
+        for line in stats:
+            layer, _, items = line.strip().partition(": ")
+            if verbose or layer in SHOWN_LAYERS:
+                print(f"   {layer:>9}: {items}"[:300])
         if pcap:
             print(f"   Every frame is in {pcap} (tshark -r {pcap}).")
     return 1 if failed else 0
