@@ -406,7 +406,7 @@ def _package_dirs() -> list[str]:
     for name in ("usocket", "usocket_hijack", "scapy", "netfilterqueue"):
         spec = importlib.util.find_spec(name) if name not in sys.modules else sys.modules[name].__spec__
         origin = getattr(spec, "origin", None)
-        if not origin:
+        if spec is None or not origin:
             continue
         d = os.path.dirname(origin)
         if spec.submodule_search_locations:  # a package: its parent directory

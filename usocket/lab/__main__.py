@@ -1,7 +1,9 @@
-"""``python -m usocket.lab up|cleanup|leftovers``: a lab by hand, and its housekeeping.
+"""``python -m usocket.lab up|run|cleanup|leftovers``: a lab by hand, a program in it, housekeeping.
 
 - ``up [--loss P] [--mtu N] [--no-servers]``: build a lab, print its addresses and how to use
   it, wait until Ctrl-C or SIGTERM, then tear it down.
+- ``run [--mode shared|own] [--peer CMD] [--hijack-opt OPT ...] -- PROGRAM [ARGS]``: build a lab
+  and run an unmodified Python program in it under ``usocket_hijack`` (see :mod:`usocket.lab.run`).
 - ``cleanup``: remove labs (namespaces, /etc/netns dirs, temp dirs) whose creating process died.
 - ``leftovers``: list usl-* namespaces and usocket/NFQUEUE rules in the root namespace.
 """
@@ -41,12 +43,19 @@ def describe(lab: Lab) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # its own parser: the program after ``--`` keeps its options
+        from .run import main as run_main
+
+        return run_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m usocket.lab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build a lab and wait until Ctrl-C")
     up.add_argument("--loss", type=float, default=0.0)
     up.add_argument("--mtu", type=int, default=1500)
     up.add_argument("--no-servers", action="store_true")
+    sub.add_parser("run", help="run a Python program in a lab under usocket_hijack (run -h: its options)",
+                   add_help=False)
     sub.add_parser("cleanup", help="remove labs of dead processes")
     sub.add_parser("leftovers", help="list usl-* namespaces and usocket rules in the root ns")
     args = p.parse_args(argv)
