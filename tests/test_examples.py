@@ -247,9 +247,6 @@ def test_cli_usage_errors() -> None:
 
 
 # -- bugs found by running ordinary programs --------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="usocket_hijack: a program whose first socket-importing import is "
-                   "`import ssl` dies: activation imports usocket.facade.tls, which subclasses ssl.SSLSocket, "
-                   "while ssl is still half-initialised (circular import)")
 def test_hijack_import_ssl_first(runner: LabRunner) -> None:
     lab = runner.lab
     code = ("import ssl\nimport hashlib, urllib.request\n"

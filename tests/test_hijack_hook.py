@@ -135,13 +135,7 @@ print(json.dumps({"found": found, "socket": socket.__name__, "extra": extra,
 def _module_params() -> list[Any]:
     params: list[Any] = []
     for name in MODULES:
-        marks = []
-        if name == "ssl":
-            marks.append(pytest.mark.xfail(strict=True, reason=(
-                "`import ssl` as a program's first socket import: the hook activates inside ssl.py's "
-                "`from socket import ...`, usocket.facade.tls then needs ssl.SSLSocket of the half-imported "
-                "ssl: AttributeError 'partially initialized module ssl'")))
-        params.append(pytest.param(name, marks=marks, id=name))
+        params.append(pytest.param(name, id=name))
     return params
 
 
@@ -157,9 +151,6 @@ def test_library_imports_first(tmp_path: Path, name: str) -> None:
     assert r["runtime"] is True  # importing is not starting a stack
 
 
-@pytest.mark.xfail(strict=True, reason="`import usocket` before any `import socket` in a hijacked program: "
-                   "usocket/__init__'s `import socket as _stdsocket` activates the hook, which finds usocket "
-                   "half-imported: AttributeError 'partially initialized module usocket has no attribute __all__'")
 @pytest.mark.parametrize("how", ["hijacked", "install"])
 def test_import_usocket_first(tmp_path: Path, how: str) -> None:
     """A program may import usocket itself (e.g. to check ``socket.socket is usocket.socket``)."""
@@ -298,9 +289,6 @@ def test_reload_keeps_usocket(reloaded: dict[str, Any]) -> None:
     assert (reloaded["same"], reloaded["name"], reloaded["socket"]) == (True, "usocket", True)
 
 
-@pytest.mark.xfail(strict=True, reason="importlib.reload(socket) under the hijack re-executes usocket/__init__.py, "
-                   "whose `import socket as _stdsocket` now finds usocket itself: usocket._stdsocket (the kernel's "
-                   "module for usocket's own code) becomes usocket")
 def test_reload_keeps_kernel_module(reloaded: dict[str, Any]) -> None:
     assert reloaded["std"] is True
 

@@ -164,9 +164,6 @@ def test_probe_matches_python_with_interpreter_flags(tree: Path, py_opts: tuple[
                                       (".", ["sub/../sub/probe.py"]), (".", ["sub//probe.py"]),
                                       ("mods", ["../appdir"]), (".", ["./app.zip"]), (".", ["./missing.py"])],
                          ids=lambda v: " ".join(v) if isinstance(v, list) else v)
-@pytest.mark.xfail(strict=True, reason="runner.run_script normalises the path (os.path.abspath) where python "
-                   "only joins the current directory: __file__, sys.path[0] (directory, zip) and the can't-open "
-                   "message differ for ./x.py, ../x.py, a//b.py")
 def test_unnormalised_relative_paths(tree: Path, cwd: str, args: list[str]) -> None:
     """python makes a relative program path absolute by prefixing the current directory, nothing more."""
     plain, hij = both(args, tree / cwd)
@@ -174,8 +171,6 @@ def test_unnormalised_relative_paths(tree: Path, cwd: str, args: list[str]) -> N
     assert_same(plain, hij)
 
 
-@pytest.mark.xfail(strict=True, reason="runner.run_script opens a file named '-' instead of running the "
-                   "program on stdin as `python -` does")
 def test_program_on_stdin(tree: Path) -> None:
     plain, hij = both(["-", "a", "b"], tree, input=PROBE)
     assert "argv ['-', 'a', 'b']" in plain.stdout

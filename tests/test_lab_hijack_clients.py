@@ -447,17 +447,7 @@ CLOSES = """
             out("requests " + path, [len(data), sha(data)])
 """
 
-TIME_WAIT_RST = ("usocket bug: Stack.shutdown() aborts connections in TIME_WAIT (TcpLayer.close -> abort -> RST), "
-                 "so every connection the client closed first ends with a RST from the client at exit")
-OWN_NO_GRACE = ("usocket bug: in own mode Runtime.stop() gives closing connections no grace "
-                "(_wait_closing returns at once), so a connection still in FIN_WAIT at exit is aborted "
-                "with a RST instead of acknowledging the peer's FIN; and TIME_WAIT is reset too")
-
-
-@pytest.mark.parametrize("close_mode", [
-    pytest.param("shared", marks=pytest.mark.xfail(strict=True, reason=TIME_WAIT_RST)),
-    pytest.param("own", marks=pytest.mark.xfail(strict=True, reason=OWN_NO_GRACE)),
-])
+@pytest.mark.parametrize("close_mode", ["shared", "own"])
 def test_client_closes_first_no_rst(lab: Lab, close_mode: str, tmp_path: Path) -> None:
     """A program fetching with urllib (nginx closes first), an http.client keep-alive connection
     and a requests session (the client closes first, the latter right before the program exits):

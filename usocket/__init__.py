@@ -8,7 +8,8 @@ the first socket (see :func:`usocket.runtime.get_runtime`).
 """
 from __future__ import annotations
 
-import socket as _stdsocket
+if "_stdsocket" not in globals():  # importlib.reload under the hijacker: socket is usocket by then
+    import socket as _stdsocket
 
 __version__ = "0.1.0"
 

@@ -158,7 +158,10 @@ class Runtime:
         the host kernel (which would answer it with a RST once the diversion is gone).
         The stack thread does the closing itself once its loop has ended, so nothing is closed
         under its feet; if it does not end within ``timeout`` it still closes when it does."""
-        self._wait_closing(self.stop_grace if grace is None else grace)
+        self._stop(timeout, grace, drain=False)
+
+    def _stop(self, timeout: float, grace: float | None, drain: bool) -> None:
+        self._wait_closing(self.stop_grace if grace is None else grace, drain)
         with self._lock:
             if self._state != "running":
                 if self._state == "new":
@@ -178,7 +181,8 @@ class Runtime:
         atexit): the :meth:`on_finish` callbacks run on the stack thread first (the socket facade
         closes every socket the application still holds, as the kernel closes a dying process's
         descriptors: what it wrote is sent, then FIN, or RST when received data was left
-        unread), then :meth:`stop` with its ``grace`` for those closes to complete."""
+        unread), then :meth:`stop` with its ``grace`` for those closes to complete (in both
+        modes: with an own address, nobody else would deliver what is still unsent)."""
         if self.running:
             with self._lock:
                 callbacks, self._finish_callbacks = self._finish_callbacks, []
@@ -187,17 +191,18 @@ class Runtime:
                     self.call(cb, timeout=timeout)
                 except Exception:  # noqa: BLE001 - stop anyway
                     log.exception("usocket: error in a finish callback")
-        self.stop(timeout, grace)
+        self._stop(timeout, grace, drain=True)
 
     def on_finish(self, callback: Callable[[], None]) -> None:
         """Run ``callback()`` on the stack thread when :meth:`finish` is called (once)."""
         with self._lock:
             self._finish_callbacks.append(callback)
 
-    def _wait_closing(self, grace: float) -> None:
-        # Only a shared address has a kernel that would answer the peer's late segments.
+    def _wait_closing(self, grace: float, drain: bool = False) -> None:
+        # A shared address has a kernel that would answer the peer's late segments; an own one
+        # (drain, from finish) has nobody else to send what the closed sockets still hold.
         if grace <= 0 or not self.running or threading.current_thread() is self._thread \
-                or self.config.mode != SHARED:
+                or (self.config.mode != SHARED and not drain):
             return
         stack = self.stack
         tcp = getattr(stack, "tcp", None)

@@ -111,21 +111,37 @@ log = logging.getLogger("usocket.hijack")
 
 
 # ------------------------------------------------------------------------------ import hook
+# Imports that activate the hijack. ``socket`` is answered with usocket for good; ``usocket``
+# and ``ssl`` (which usocket imports, and which imports socket) only while the hijack is not
+# active: a program whose first such import is one of them gets them loaded in the right order
+# (the stdlib socket, then usocket and ssl with it in sys.modules), not half-initialised.
+ACTIVATE_ON = ("socket", "usocket", "ssl")
+
+
 class SocketFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """``import socket`` -> the ``usocket`` module (activating the hijack at the first one)."""
 
+    def __init__(self) -> None:
+        self._specs: dict[str, Any] = {}
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "socket" or _state.loading:
+        if _state.loading or fullname not in ACTIVATE_ON:
             return None
-        return importlib.machinery.ModuleSpec("socket", self)
+        if fullname != "socket" and (_state.active or fullname in sys.modules):
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: Any) -> types.ModuleType:
-        module = _activate()
-        self._spec = module.__spec__
+        usocket = _activate()
+        module = usocket if spec.name == "socket" else sys.modules[spec.name]
+        self._specs[spec.name] = module.__spec__
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        module.__spec__ = self._spec  # the import system set it to ours; usocket keeps its own
+        # the import system set __spec__ to ours; the module keeps its own
+        ours = module.__spec__
+        if ours is not None:
+            module.__spec__ = self._specs.pop(ours.name, ours)
 
 
 def _activate() -> types.ModuleType:
@@ -404,7 +420,14 @@ def _package_dirs() -> list[str]:
 
     dirs: list[str] = []
     for name in ("usocket", "usocket_hijack", "scapy", "netfilterqueue"):
-        spec = importlib.util.find_spec(name) if name not in sys.modules else sys.modules[name].__spec__
+        if name in sys.modules:
+            spec = sys.modules[name].__spec__
+        else:
+            loading, _state.loading = _state.loading, True  # the real spec, not the hook's
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                _state.loading = loading
         origin = getattr(spec, "origin", None)
         if spec is None or not origin:
             continue

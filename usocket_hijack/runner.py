@@ -11,7 +11,7 @@ module, without ``__loader__``, and ``sys.path[0]`` is left alone). Here:
   the script's real path; a directory or zip file runs its ``__main__`` module as python does;
 * ``-m``: ``runpy._run_module_as_main`` (what the interpreter itself calls), ``sys.path[0]`` the
   current directory;
-* ``-c``: compiled as ``<string>``, ``sys.path[0]`` is ``''``.
+* ``-c``: compiled as ``<string>``, ``sys.path[0]`` is ``''``; ``-`` reads the program from stdin.
 
 ``sys.path[0]`` is left alone under ``-P``/``-I`` (``sys.flags.safe_path``). An uncaught
 exception is printed by ``sys.excepthook`` without the runner's frames, and the exit status is 1;
@@ -54,9 +54,34 @@ def _program_name() -> str:
     return orig[0] if orig else os.path.basename(sys.executable)
 
 
+def _abspath(path: str) -> str:
+    """What python makes of a program path: the current directory joined, nothing normalised."""
+    if not path or path == ".":
+        return os.getcwd()
+    if os.path.isabs(path):
+        return path
+    return os.getcwd() + os.sep + path
+
+
+def run_stdin(args: list[str]) -> None:
+    """``python -``: the program is read from standard input, ``sys.path[0]`` is ``''``."""
+    sys.argv[:] = ["-"] + list(args)
+    _set_path0("")
+    source = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    g = _fresh_main(__file__="<stdin>", __cached__=None, __loader__=importlib.machinery.BuiltinImporter)
+    try:
+        exec(compile(source, "<stdin>", "exec", dont_inherit=True), g)
+    finally:  # python removes them once the program is done
+        g.pop("__file__", None)
+        g.pop("__cached__", None)
+
+
 def run_script(path: str, args: list[str]) -> None:
+    if path == "-":
+        run_stdin(args)
+        return
     sys.argv[:] = [path] + list(args)
-    full = os.path.abspath(path)
+    full = _abspath(path)
     if os.path.isdir(full) or (os.path.isfile(full) and not full.endswith((".py", ".pyc"))
                                 and zipfile.is_zipfile(full)):
         _set_path0(full)  # python inserts the directory/zip itself and runs its __main__

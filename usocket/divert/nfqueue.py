@@ -24,8 +24,8 @@ a drop is recovered by retransmission.
 
 Lifecycle: rules are removed by :meth:`close`, at interpreter exit (atexit; also after
 KeyboardInterrupt) and on SIGTERM (a handler is installed from the main thread when SIGTERM
-has its default action, after which the process still dies of SIGTERM; a Python handler
-already installed is chained). :meth:`start` first removes rules left by dead processes.
+has its default action, after which the process still dies of SIGTERM; a program's own handler
+is left alone, and its exit removes them). :meth:`start` first removes rules left by dead processes.
 """
 from __future__ import annotations
 
@@ -140,20 +140,22 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def install_sigterm_handler() -> bool:
     """Make SIGTERM remove the rules of every open Diverter first (main thread only).
 
-    Installed when SIGTERM has its default action (then re-raised with it) or a Python handler
-    (then chained); left alone when ignored or set outside Python, or when the handler says it
-    closes usocket itself (a ``usocket_graceful`` attribute: the hijacker's, which lets closing
-    connections finish before the rules go). True if installed now or before.
+    Installed only when SIGTERM has its default action (the process would die without running
+    exit handlers: the rules go, then it dies of SIGTERM as before). A handler the program set is
+    left alone: it may finish its work after SIGTERM, over the diverted flows, and its exit runs
+    the normal clean-up. Ignored, or set outside Python: left alone. A handler that says it closes
+    usocket itself (a ``usocket_graceful`` attribute: the hijacker's, which lets closing
+    connections finish before the rules go) counts as installed. True if installed now or before.
     """
     if _sigterm_state["installed"]:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
     current = signal.getsignal(signal.SIGTERM)
-    if current is signal.SIG_IGN or current is None:
-        return False
     if getattr(current, "usocket_graceful", False):  # the hijacker's: it finishes the runtime itself
         return True
+    if current is not signal.SIG_DFL:
+        return False
     _sigterm_state["previous"] = current
     signal.signal(signal.SIGTERM, _on_sigterm)
     _sigterm_state["installed"] = True

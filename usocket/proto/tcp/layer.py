@@ -253,7 +253,9 @@ class TcpLayer:
 
     def close(self, conn: TcpConnection) -> None:
         """Close a listener or an unconnected socket; connections use ``conn.close()``. At
-        stack shutdown this aborts live connections (RST)."""
+        stack shutdown this aborts live connections (RST) and forgets those in TIME_WAIT
+        silently (their exchange is over; a RST would only reach a peer that has forgotten them
+        or, worse, a new incarnation of the connection)."""
         state = conn.state
         if state == LISTEN:
             bucket = self.listeners.get(conn.local_port)
@@ -273,6 +275,8 @@ class TcpLayer:
             conn.on_closed()
         elif state == CLOSED:
             self._drop_port(conn)
+        elif state == TIME_WAIT:
+            conn._done()
         else:
             conn.abort()
 
