@@ -22,7 +22,11 @@ ALLOWED = {
     "proto": {"proto", "wire", "core", "config"},
     "link": {"link", "wire", "core", "netns"},
     "divert": {"divert", "core", "netns", "stack", "proto", "wire"},
-    "stack": {"stack", "proto", "core", "config", "wire"},
+    "stack": {"stack", "proto", "core", "config", "wire", "introspect"},
+    # reading the stack's state (netstat-like rows): protocol objects, never the runtime
+    "introspect": {"introspect", "proto", "wire", "core", "config"},
+    # the control endpoint of a running process (served on a thread, asks the runtime)
+    "control": {"control", "introspect", "core", "wire"},
     "config": {"config", "wire"},
     # the socket facade sits on the runtime (an edge) and talks to protocol objects on its thread
     "facade": {"facade", "runtime", "resolver", "stack", "proto", "wire", "core", "config"},

@@ -34,3 +34,23 @@ from .facade import tls as _tls  # noqa: E402
 
 _tls.install()  # SSLContext.wrap_socket on a usocket socket: addresses, options, connect from the stack
 del _name
+
+
+import typing as _typing  # noqa: E402
+
+if _typing.TYPE_CHECKING:
+    from .introspect import SocketRow
+    from .runtime import Runtime
+
+
+def netstat(rt: Runtime | None = None) -> list[SocketRow]:
+    """usocket's own addition to the module (not in the stdlib's ``__all__``): the socket table of
+    the runtime ``rt`` (default: the process-wide one, which must be running), one
+    :class:`usocket.introspect.SocketRow` per TCP connection/listener and UDP endpoint, read on
+    the stack thread. ``usocket.introspect.format_table(rows)`` prints it as ``ss -tni`` would."""
+    from . import runtime as _runtime
+
+    r = rt if rt is not None else _runtime._runtime
+    if r is None:
+        raise _runtime.RuntimeStopped("no usocket runtime is running")
+    return r.sockets()

@@ -1,4 +1,4 @@
-"""``usocket`` command line: ``demo``, ``cleanup``, ``info``.
+"""``usocket`` command line: ``demo``, ``cleanup``, ``info``, ``ss``.
 
 ``python -m usocket demo`` builds the lab (two network namespaces, real kernel-stack servers in the
 peer), runs the userland stack in the client namespace with the kernel's own TCP/UDP egress
@@ -44,6 +44,44 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ss(args: argparse.Namespace) -> int:
+    from .control import ControlError, control_dir, endpoints, query
+    from .introspect import SocketRow, format_counters, format_table
+
+    pids = args.pid or endpoints(args.dir)
+    if not pids:
+        print(f"usocket: no usocket process with a control endpoint in {args.dir or control_dir()}",
+              file=sys.stderr)
+        return 1
+    what = "all" if args.counters else "sockets"
+    status = 0
+    results = []
+    for pid in pids:
+        try:
+            results.append(query(pid, what, directory=args.dir))
+        except ControlError as exc:
+            if args.pid:  # asked for by name: say why; a stale file in a listing is skipped
+                print(f"usocket: {exc}", file=sys.stderr)
+                status = 1
+    if args.json:
+        import json
+
+        print(json.dumps(results if len(results) != 1 or not args.pid else results[0], indent=1))
+        return status
+    rows = [SocketRow.from_dict(d) for r in results for d in r.get("sockets", [])]
+    if args.listening:
+        rows = [r for r in rows if r.state in ("LISTEN", "UNCONN")]
+    if not args.all and not args.listening:
+        rows = [r for r in rows if r.state not in ("LISTEN", "UNCONN")]
+    if args.tcp != args.udp:
+        rows = [r for r in rows if r.proto == ("tcp" if args.tcp else "udp")]
+    print(format_table(rows, info=args.info))
+    for r in results if args.counters else ():
+        print(f"\ncounters of pid {r['pid']} ({r['mode']} mode, {r['iface']} {r['address']}):")
+        print(format_counters(r.get("counters", {})))
+    return status
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -68,6 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("info", help="print the configuration discovered from the system")
     i.add_argument("--netns", help="discover inside this network namespace")
     i.set_defaults(func=_cmd_info)
+    s = sub.add_parser("ss", help="the sockets of running usocket programs (hijacked ones by default)",
+                       description="Show the socket table of running usocket processes, as ss does for "
+                       "the kernel, asked through their control endpoint (a Unix socket file in "
+                       "/run/usocket; works from any network namespace).")
+    s.add_argument("pid", type=int, nargs="*", help="process ids (default: every process with an endpoint)")
+    s.add_argument("-a", "--all", action="store_true", help="listening and unconnected sockets too")
+    s.add_argument("-l", "--listening", action="store_true", help="only listening and unconnected sockets")
+    s.add_argument("-t", "--tcp", action="store_true", help="TCP only")
+    s.add_argument("-u", "--udp", action="store_true", help="UDP only")
+    s.add_argument("-i", "--info", action="store_true", help="TCP internals (rtt, cwnd, windows...), as ss -i")
+    s.add_argument("-c", "--counters", action="store_true", help="the per-layer counters too")
+    s.add_argument("--json", action="store_true", help="the raw answers, as JSON")
+    s.add_argument("--dir", help="where the control sockets are (default: $USOCKET_CONTROL_DIR or /run/usocket)")
+    s.set_defaults(func=_cmd_ss)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -32,6 +32,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from .config import SHARED, StackConfig, discover
+from .introspect import SocketRow
 from .stack import FlowObserver, Stack
 
 log = logging.getLogger("usocket")
@@ -49,12 +50,15 @@ class Runtime:
     (inside ``config.netns``) with the BPF filter for the mode. ``divert``: in shared mode a
     :class:`usocket.divert.Diverter` is created unless one is given (or ``divert=False``).
     ``pcap``: a path or :class:`usocket.link.pcap.PcapWriter` recording every frame.
+    ``control``: open the control endpoint (:mod:`usocket.control`, what ``python -m usocket ss
+    PID`` asks) while running; ``None`` (the default) follows ``USOCKET_CONTROL=1``, a path
+    string serves on that socket file. The hijacker turns it on unless ``USOCKET_CONTROL=0``.
     """
 
     stack_class: type[Stack] = Stack
 
     def __init__(self, config: StackConfig | None = None, *, link: Any = None, divert: Any = None,
-                 pcap: Any = None, stack_class: type[Stack] | None = None) -> None:
+                 pcap: Any = None, stack_class: type[Stack] | None = None, control: bool | str | None = None) -> None:
         self.config = config if config is not None else discover()
         if stack_class is not None:
             self.stack_class = stack_class
@@ -78,6 +82,8 @@ class Runtime:
         self._finish_callbacks: list[Callable[[], None]] = []
         self._epoll: Any = None
         self._handlers: dict[int, Callable[[int], None]] = {}
+        self._control_arg = control
+        self.control: Any = None  # the ControlServer while running
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -109,7 +115,27 @@ class Runtime:
             self._fail_pending()
             self._close_resources()
             raise self._start_error
+        self._open_control()
         return self
+
+    def _open_control(self) -> None:
+        """The control endpoint, if wanted; a failure is logged, never raised (it is optional)."""
+        want = self._control_arg
+        if want is None:
+            from .control import enabled
+
+            want = bool(enabled())
+        if not want:
+            return
+        try:
+            from .control import ControlServer
+
+            server = ControlServer(self, path=want if isinstance(want, str) else None).start()
+        except Exception as exc:  # noqa: BLE001 - introspection must never break the program
+            log.debug("usocket: no control endpoint: %s", exc)
+            return
+        self.control = server
+        self.on_stop(server.close)
 
     def _open(self) -> None:
         cfg = self.config
@@ -301,6 +327,22 @@ class Runtime:
             _, _, fut = self._calls.popleft()
             if fut is not None and fut.set_running_or_notify_cancel():
                 fut.set_exception(RuntimeStopped("usocket runtime stopped"))
+
+    # -- introspection -----------------------------------------------------------------------------
+    def sockets(self, timeout: float | None = 5.0) -> list[SocketRow]:
+        """The stack's socket table (:meth:`usocket.stack.Stack.sockets`), read on the stack
+        thread so that it is one consistent snapshot; any thread."""
+        stack = self.stack
+        if stack is None:
+            raise RuntimeStopped("usocket runtime is not running")
+        return self.call(stack.sockets, timeout=timeout)
+
+    def counters(self, timeout: float | None = 5.0) -> dict[str, dict[str, int]]:
+        """A snapshot of the per-layer counters, taken on the stack thread; any thread."""
+        stack = self.stack
+        if stack is None:
+            raise RuntimeStopped("usocket runtime is not running")
+        return self.call(stack.counters.snapshot, timeout=timeout)
 
     # -- descriptors watched by the stack thread ---------------------------------------------------
     def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:

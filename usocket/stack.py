@@ -41,6 +41,8 @@ from typing import Any
 from .config import OWN, StackConfig
 from .core.counters import Counters
 from .core.timers import Timer, Timers
+from .introspect import SocketRow
+from .introspect import sockets as netstat_sockets
 from .proto.arp import ArpLayer
 from .proto.dns import Resolver
 from .proto.ethernet import EthernetLayer
@@ -161,3 +163,9 @@ class Stack:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
         return self.timers.call_at(self.now + delay, callback, *args)
+
+    # -- introspection (read only) ---------------------------------------------------------------
+    def sockets(self) -> list[SocketRow]:
+        """A netstat-like table: one :class:`usocket.introspect.SocketRow` per TCP connection or
+        listener and UDP endpoint (stack thread; from elsewhere use ``Runtime.sockets()``)."""
+        return netstat_sockets(self)

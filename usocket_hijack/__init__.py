@@ -219,6 +219,9 @@ def _configure_runtime() -> None:
         runtime.default_options["pcap"] = opts.pcap.replace("{pid}", str(os.getpid()))
     if opts.grace is not None:
         runtime.Runtime.stop_grace = opts.grace
+    # the control endpoint (python -m usocket ss PID): on unless USOCKET_CONTROL=0
+    off = os.environ.get("USOCKET_CONTROL", "") in ("0", "no", "false", "off")
+    runtime.default_options.setdefault("control", not off)
 
 
 def _current_runtime() -> Any:
@@ -371,6 +374,7 @@ def uninstall() -> None:
             rtmod = sys.modules.get("usocket.runtime")
             if rtmod is not None:
                 rtmod.default_options.pop("pcap", None)
+                rtmod.default_options.pop("control", None)
         for sig, previous in _state.signals.items():
             if signal.getsignal(sig) is _on_signal:
                 signal.signal(sig, previous)

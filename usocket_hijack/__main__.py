@@ -19,6 +19,8 @@ hijack options:
   --grace SECONDS       at exit, how long closing connections may take (default 2) [USOCKET_STOP_GRACE]
   --no-children         do not hijack Python child processes      [USOCKET_HIJACK=0 in a child]
   --cleanup             remove diversion rules left by dead usocket processes and exit
+  --ss PID              show the sockets and counters of the running hijacked program PID
+                        (python -m usocket ss -h: more choices) and exit
   --version             print the version and exit
   -h, --help            this help
 """
@@ -29,7 +31,8 @@ import os
 import signal
 import sys
 
-VALUE_OPTS = {"-i", "--iface", "--mode", "--address", "--gateway", "--netns", "--log-level", "--pcap", "--grace"}
+VALUE_OPTS = {"-i", "--iface", "--mode", "--address", "--gateway", "--netns", "--log-level", "--pcap", "--grace",
+              "--ss"}
 ENV = {"iface": "USOCKET_IFACE", "mode": "USOCKET_MODE", "address": "USOCKET_ADDR",
        "gateway": "USOCKET_GATEWAY", "netns": "USOCKET_NETNS"}
 
@@ -84,6 +87,7 @@ def parse_options(opts: list[str]) -> argparse.Namespace:
     ap.add_argument("--grace", type=float)
     ap.add_argument("--no-children", action="store_true")
     ap.add_argument("--cleanup", action="store_true")
+    ap.add_argument("--ss", type=int)
     return ap.parse_args(opts)
 
 
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.cleanup:
         return _cleanup(ns.netns)
+    if ns.ss is not None:
+        from usocket.cli import main as usocket_main
+
+        return usocket_main(["ss", "--all", "--info", "--counters", str(ns.ss)])
     if target is None:
         raise _usage_error("a script, -m module or -c command is required")
     if ns.log_level:
