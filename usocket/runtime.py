@@ -49,12 +49,15 @@ class Runtime:
     (inside ``config.netns``) with the BPF filter for the mode. ``divert``: in shared mode a
     :class:`usocket.divert.Diverter` is created unless one is given (or ``divert=False``).
     ``pcap``: a path or :class:`usocket.link.pcap.PcapWriter` recording every frame.
+    ``stack_class``: the stack to run, a :class:`Stack` subclass or any callable called as
+    ``stack_class(config, ports=..., flows=..., now=...)`` returning a stack (e.g. a hand-built
+    one: ``functools.partial(Stack.build, layers=[...])``, see :mod:`usocket.hack`).
     """
 
-    stack_class: type[Stack] = Stack
+    stack_class: Callable[..., Stack] = Stack
 
     def __init__(self, config: StackConfig | None = None, *, link: Any = None, divert: Any = None,
-                 pcap: Any = None, stack_class: type[Stack] | None = None) -> None:
+                 pcap: Any = None, stack_class: Callable[..., Stack] | None = None) -> None:
         self.config = config if config is not None else discover()
         if stack_class is not None:
             self.stack_class = stack_class
