@@ -30,6 +30,9 @@ ALLOWED = {
     "config": {"config", "wire"},
     # the socket facade sits on the runtime (an edge) and talks to protocol objects on its thread
     "facade": {"facade", "runtime", "resolver", "stack", "proto", "wire", "core", "config"},
+    # the hacking API (issue 7) reaches into the stack's layers; it is called with a stack or a
+    # runtime (used duck-typed, not imported) and a facade socket, and nothing below imports it
+    "hack": {"hack", "stack", "proto", "wire", "core", "config"},
 }
 # usocket._stdsocket is not a layer: it is the kernel's socket module, bound in usocket/__init__.py
 # before anything can replace sys.modules["socket"] (the hijacker), so every edge may use it.

@@ -53,12 +53,16 @@ class Runtime:
     ``control``: open the control endpoint (:mod:`usocket.control`, what ``python -m usocket ss
     PID`` asks) while running; ``None`` (the default) follows ``USOCKET_CONTROL=1``, a path
     string serves on that socket file. The hijacker turns it on unless ``USOCKET_CONTROL=0``.
+    ``stack_class``: the stack to run, a :class:`Stack` subclass or any callable called as
+    ``stack_class(config, ports=..., flows=..., now=...)`` returning a stack (e.g. a hand-built
+    one: ``functools.partial(Stack.build, layers=[...])``, see :mod:`usocket.hack`).
     """
 
-    stack_class: type[Stack] = Stack
+    stack_class: Callable[..., Stack] = Stack
 
     def __init__(self, config: StackConfig | None = None, *, link: Any = None, divert: Any = None,
-                 pcap: Any = None, stack_class: type[Stack] | None = None, control: bool | str | None = None) -> None:
+                 pcap: Any = None, stack_class: Callable[..., Stack] | None = None,
+                 control: bool | str | None = None) -> None:
         self.config = config if config is not None else discover()
         if stack_class is not None:
             self.stack_class = stack_class

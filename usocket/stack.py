@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import OWN, StackConfig
@@ -68,7 +68,23 @@ class FlowObserver:
         pass
 
 
+#: The layers of a stack, in the order they are built (each may use those before it).
+LAYER_NAMES = ("ethernet", "arp", "ipv4", "icmp", "udp", "tcp", "dns")
+#: Layers a stack cannot work without; the others may be left out of a hand-built stack.
+REQUIRED_LAYERS = ("ethernet", "arp", "ipv4", "icmp")
+#: A layer factory: a layer class, or any callable taking the stack and returning the layer.
+LayerFactory = Callable[["Stack"], Any]
+
+
 class Stack:
+    """The layers wired together (see the module docstring).
+
+    The default stack builds one layer of each kind from the ``*_class`` attributes. A stack
+    can also be built by hand from layer factories (:meth:`build`, or ``layers=``), leaving out
+    the optional ones (``udp``, ``tcp``, ``dns``; ``dns`` needs ``udp``): a left-out layer's
+    attribute is None.
+    """
+
     ethernet_class = EthernetLayer
     arp_class = ArpLayer
     ipv4_class = IPv4Layer
@@ -79,7 +95,7 @@ class Stack:
 
     def __init__(self, config: StackConfig, *, rng: random.Random | None = None,
                  ports: PortAllocator | None = None, flows: FlowObserver | None = None,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, layers: Mapping[str, LayerFactory] | None = None) -> None:
         self.config = config
         self.now = now
         self.rng = rng if rng is not None else random.SystemRandom()
@@ -88,17 +104,77 @@ class Stack:
         self.ports = ports if ports is not None else PortAllocator(config.ephemeral_ports, self.rng)
         self.flows = flows if flows is not None else FlowObserver()
         self._out: list[bytes] = []
-        self.ethernet = self.ethernet_class(self)
-        self.arp = self.arp_class(self)
-        self.ipv4 = self.ipv4_class(self)
-        self.icmp = self.icmp_class(self)
-        self.udp = self.udp_class(self)
-        self.tcp = self.tcp_class(self)
-        self.dns = self.dns_class(self)
         # Transport layers by IP protocol number, asked (``owns()``) by the diversion who owns a
         # packet and by ICMP whether a quoted flow is ours before it lowers a path MTU.
-        self.transports: dict[int, Any] = {17: self.udp, 6: self.tcp}
+        self.transports: dict[int, Any] = {}
+        if layers is None:
+            self.ethernet = self.ethernet_class(self)
+            self.arp = self.arp_class(self)
+            self.ipv4 = self.ipv4_class(self)
+            self.icmp = self.icmp_class(self)
+            self.udp = self.udp_class(self)
+            self.tcp = self.tcp_class(self)
+            self.dns = self.dns_class(self)
+            self.transports.update({17: self.udp, 6: self.tcp})
+        else:
+            self._build_layers(layers)
         self._post_init()
+
+    # -- hand-built stacks ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: StackConfig, layers: Iterable[LayerFactory | tuple[str, LayerFactory]],
+              **kw: Any) -> Stack:
+        """A stack built from explicit layer factories, as PyStack's users assembled theirs::
+
+            stack = Stack.build(config, [EthernetLayer, ArpLayer, MyIPv4, IcmpLayer, UdpLayer])
+
+        Each item is a layer class (its kind found from the base classes of the default layers:
+        a subclass of ``IPv4Layer`` is the ``ipv4`` layer), or a ``(name, factory)`` pair for
+        any callable ``factory(stack) -> layer``. Layers are built in the order of
+        :data:`LAYER_NAMES` whatever the order given, since each registers with those below it.
+        ``ethernet``, ``arp``, ``ipv4`` and ``icmp`` are required; a left-out ``udp``, ``tcp``
+        or ``dns`` is None. ``kw`` goes to the constructor (``rng``, ``ports``, ``flows``, ``now``).
+        """
+        named: dict[str, LayerFactory] = {}
+        for item in layers:
+            if isinstance(item, tuple):
+                name, factory = item
+            else:
+                name, factory = cls.layer_name(item), item
+            if name in named:
+                raise ValueError(f"two {name} layers")
+            named[name] = factory
+        return cls(config, layers=named, **kw)
+
+    @classmethod
+    def layer_name(cls, layer_class: Any) -> str:
+        """The kind (``"ipv4"``...) of a layer class: the default layer class it derives from,
+        else its ``layer_name`` attribute."""
+        for name in LAYER_NAMES:
+            base = getattr(Stack, name + "_class")
+            if isinstance(layer_class, type) and issubclass(layer_class, base):
+                return name
+        kind = getattr(layer_class, "layer_name", None)
+        if kind not in LAYER_NAMES:
+            raise ValueError(f"{layer_class!r}: not a layer class of a known kind; pass (name, factory)")
+        return str(kind)
+
+    def _build_layers(self, layers: Mapping[str, LayerFactory]) -> None:
+        unknown = set(layers) - set(LAYER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown layers {sorted(unknown)}; layers are {LAYER_NAMES}")
+        missing = [name for name in REQUIRED_LAYERS if name not in layers]
+        if missing:
+            raise ValueError(f"a stack needs the layers {missing}")
+        if "dns" in layers and "udp" not in layers:
+            raise ValueError("the dns layer needs a udp layer")
+        for name in LAYER_NAMES:
+            factory = layers.get(name)
+            setattr(self, name, None if factory is None else factory(self))
+        for proto, name in ((17, "udp"), (6, "tcp")):
+            layer = getattr(self, name)
+            if layer is not None:
+                self.transports[proto] = layer
 
     def _post_init(self) -> None:
         """Hook for subclasses adding layers (e.g. TCP) after the base ones exist."""
@@ -152,7 +228,8 @@ class Stack:
         (its port given back, its diversion flow closed, waiters woken through the endpoint's
         ``on_shutdown()`` if it has one), lookups in flight abandoned, port reservations freed.
         The runtime calls this on the stack thread when it stops."""
-        self.dns.close()
+        if self.dns is not None:
+            self.dns.close()
         for layer in self.transports.values():
             for ep in list(layer.endpoints()):
                 layer.close(ep)
