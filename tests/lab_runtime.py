@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 def usocket_rules(lab, ns=None):
-    return [r for r in lab.iptables_rules(ns or lab.client_ns) if "usocket" in r.lower() or "NFQUEUE" in r]
+    """usocket's diversion rules (``-A`` lines) and ipsets (``ipset NAME``) in the client namespace."""
+    ns = ns or lab.client_ns
+    return [r for r in lab.iptables_rules(ns) if "usocket" in r.lower() or "NFQUEUE" in r] + [
+        f"ipset {name}" for name in lab.usocket_sets(ns)]
 
 
 def stack_ip(lab, mode):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from usocket.divert import Diverter, KernelPortAllocator, cleanup, owner_alive, owner_tag
+from usocket.divert.ipset import Ipset, IpsetError
 from usocket.divert.nfqueue import config_message
 from usocket.divert.ports import ephemeral_range
 from usocket.divert.rules import (
@@ -30,8 +31,10 @@ from usocket.divert.rules import (
     broadcast_match,
     flow_match,
     nfqueue_target,
+    parse_set_name,
     parse_tag,
     process_start_time,
+    set_name,
 )
 from usocket.netns import run_in_netns
 
@@ -115,6 +118,47 @@ def test_flow_rules_go_together_and_broadcast_is_given_up_without_addrtype() -> 
     fr.add(17, 5001, None)
     assert len(old.rules) == 2
     assert fr.remove(17, 5000, None) and fr.remove(17, 5001, None) and old.rules == []
+
+
+class NoIpset:
+    """An ipset client for a kernel without ipset: every request fails."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        raise IpsetError(errno.EPROTONOSUPPORT, "Protocol not supported")
+
+
+class NoIpsetRules(FlowRules):
+    ipset_class = NoIpset  # type: ignore[assignment]
+
+
+class RulePathDiverter(Diverter):
+    """A Diverter whose kernel has no ipset: connected flows fall back to one rule each."""
+
+    rules_class = NoIpsetRules
+
+
+def test_set_names_carry_the_owner_and_fit_ipset() -> None:
+    tag = "usocket:pid=4194304:start=99999999999"
+    name = set_name(tag, 65535)
+    assert name.startswith("usocket-4194304-") and len(name) <= 31
+    assert parse_set_name(name) == (tag, 65535)
+    assert parse_set_name(set_name("usocket:pid=1:start=0", 0)) == ("usocket:pid=1:start=0", 0)
+    assert parse_set_name("usocket-x") is None and parse_set_name("other-1-2-3") is None
+    with pytest.raises(ValueError):
+        set_name("not a tag", 1)
+
+
+def test_without_ipset_connected_flows_fall_back_to_rules() -> None:
+    ipt = ListIptables()
+    fr = NoIpsetRules("10.0.0.1", 7, tag="usocket:pid=1:start=2", iptables=ipt, defer_removal=False)
+    remote = (b"\x0a\0\0\x02", 80)
+    fr.add(6, 40000, remote)
+    fr.add(6, 40001, remote)
+    assert fr.path == "rules" and isinstance(fr.ipset_error, IpsetError)
+    assert fr.stats["ipset.fallback"] == 1 and fr.stats["rule.add"] == 2  # tried once, not per flow
+    assert ipt.rules == ["-A USOCKET " + " ".join(fr.rule_args(6, p, remote)) for p in (40000, 40001)]
+    assert fr.remove(6, 40000, remote) and fr.remove(6, 40001, remote) and ipt.rules == []
+    assert not fr.remove(6, 40001, remote)
 
 
 def test_owner_tag_names_this_process_and_detects_dead_and_zombies() -> None:
@@ -229,9 +273,10 @@ def read_one(div: Diverter, handler: Callable[[bytes], bool]) -> list[bytes]:
 # -- rules -----------------------------------------------------------------------------------------
 @pytest.mark.lab
 def test_rules_scoped_tagged_refcounted_and_removed(ns: object) -> None:
+    """The per-rule path (every flow when the kernel has no ipset; listeners always)."""
     lab = ns
     c, cip, sip = lab.client_ns, lab.client_ip, lab.server_ip  # type: ignore[attr-defined]
-    with Diverter(cip, c, handle_signals=False) as div:
+    with RulePathDiverter(cip, c, handle_signals=False) as div:
         rules = usocket_rules(c)
         assert rules == []
         assert lab.iptables_rules(c)[0] == "-A INPUT -j USOCKET"  # type: ignore[attr-defined]
@@ -266,6 +311,8 @@ def test_rules_scoped_tagged_refcounted_and_removed(ns: object) -> None:
         assert div.flush_rules()
         assert sorted("BROADCAST" in r.line for r in usocket_rules(c) if "--dport 5001" in r.line) == [False, True]
         assert not any("--dport 5003" in r.line for r in usocket_rules(c))
+        assert div.rules is not None and div.rules.path == "rules" and div.rules.stats["ipset.fallback"] == 1
+        assert ipsets(c) == []
     assert div.closed
     assert Iptables(c).list_rules() is None  # chain gone
     assert "-A INPUT -j USOCKET" not in lab.iptables_rules(c)  # type: ignore[attr-defined]
@@ -291,6 +338,88 @@ def test_two_diverters_in_one_namespace_keep_their_own_rules(ns: object) -> None
     finally:
         a.close()
         b.close()
+
+
+def ipsets(netns: str) -> list[str]:
+    with Ipset(netns) as ips:
+        return [n for n in ips.names() if n.startswith("usocket")]
+
+
+def members(netns: str, name: str) -> list[tuple[str, int, int]]:
+    with Ipset(netns) as ips:
+        return [(socket.inet_ntoa(ip), proto, port) for ip, proto, port in ips.members(name)]
+
+
+@pytest.mark.lab
+def test_connected_flows_are_members_of_the_owners_set(ns: object) -> None:
+    """Connected flows: one set per owner, one rule for it, one member per (remote IP,
+    proto:local port) added and deleted at once; listeners keep their own rules; the set
+    goes at close; packets of members reach the queue, others the kernel."""
+    lab = ns
+    c, s, cip, sip = lab.client_ns, lab.server_ns, lab.client_ip, lab.server_ip  # type: ignore[attr-defined]
+    rip = socket.inet_aton(sip)
+    tx = udp_socket(s, (sip, 5300))
+    kernel = udp_socket(c, (cip, 40003))  # a kernel socket on a port that is no member
+    try:
+        with Diverter(cip, c, handle_signals=False) as div:
+            assert ipsets(c) == []  # created at the first connected flow
+            div.flow_opened(6, 8000, None)  # a listener: its own rule
+            div.flow_opened(6, 40001, (rip, 80))
+            div.flow_opened(6, 40001, (rip, 81))  # same (remote IP, local port): one member
+            div.flow_opened(17, 40002, (rip, 5300))
+            assert div.rules is not None and div.rules.path == "ipset"
+            name = set_name(owner_tag(), div.queue_num)
+            assert ipsets(c) == [name]
+            assert members(c, name) == [(sip, 6, 40001), (sip, 17, 40002)]
+            rules = usocket_rules(c)
+            assert len(rules) == 2 and all(r.tag == owner_tag() and r.queue_num == div.queue_num for r in rules)
+            [set_rule] = [r.line for r in rules if "--match-set" in r.line]
+            assert f"-d {cip}/32 -m set --match-set {name} src,dst" in set_rule
+            assert set_rule.endswith(f"-j NFQUEUE --queue-num {div.queue_num} --queue-bypass")
+            tx.sendto(b"member", (cip, 40002))
+            [pkt] = read_one(div, lambda p: True)
+            assert pkt[28:] == b"member"
+            tx.sendto(b"kernel's", (cip, 40003))  # not a member: the kernel gets it, unqueued
+            kernel.settimeout(WAIT)
+            assert kernel.recv(100) == b"kernel's" and div.c["rx"] == 1
+            div.flow_closed(6, 40001, (rip, 80))
+            assert members(c, name) == [(sip, 6, 40001), (sip, 17, 40002)]  # one user left
+            div.flow_closed(6, 40001, (rip, 81))
+            div.flow_closed(17, 40002, (rip, 5300))
+            assert members(c, name) == []  # at once: no background deletion for members
+            tx.connect((cip, 40002))  # no member, no kernel socket: ICMP port unreachable
+            tx.send(b"gone")
+            tx.settimeout(WAIT)
+            with pytest.raises(ConnectionRefusedError):
+                tx.recv(100)
+            assert div.c["rx"] == 1
+            assert div.rules.stats["ipset.add"] == 2 and div.rules.stats["ipset.del"] == 2
+            assert div.rules.stats["rule.add"] == 1  # the listener only
+        assert ipsets(c) == [] and Iptables(c).list_rules() is None
+    finally:
+        tx.close()
+        kernel.close()
+
+
+@pytest.mark.lab
+def test_a_set_removed_by_cleanup_all_comes_back_with_the_next_flow(ns: object) -> None:
+    """``usocket cleanup --all`` removes a live owner's set too; the owner's next connected
+    flow re-creates the set and its rule, with the members of the flows still open."""
+    c, cip, sip = ns.client_ns, ns.client_ip, ns.server_ip  # type: ignore[attr-defined]
+    rip = socket.inet_aton(sip)
+    with Diverter(cip, c, handle_signals=False) as div:
+        div.flow_opened(6, 41001, (rip, 80))
+        name = set_name(owner_tag(), div.queue_num)
+        stats: dict[str, int] = {}
+        assert cleanup(c, everything=True, stats=stats) == 1 and stats == {"rules": 1, "sets": 1}
+        assert ipsets(c) == [] and usocket_rules(c) == []
+        div.flow_opened(6, 41002, (rip, 80))
+        assert ipsets(c) == [name] and len(usocket_rules(c)) == 1
+        assert members(c, name) == [(sip, 6, 41001), (sip, 6, 41002)]
+        div.flow_closed(6, 41001, (rip, 80))
+        div.flow_closed(6, 41002, (rip, 80))
+        assert members(c, name) == []
+    assert ipsets(c) == [] and Iptables(c).list_rules() is None
 
 
 # -- the queue -------------------------------------------------------------------------------------
@@ -441,6 +570,7 @@ CHILD = textwrap.dedent("""
     from usocket.divert import Diverter, owner_tag
     d = Diverter(sys.argv[1], sys.argv[2]).start()
     d.flow_opened(17, int(sys.argv[3]), None)
+    d.flow_opened(6, int(sys.argv[3]), (bytes([198, 18, 255, 2]), 80))  # a member of its set
     print(owner_tag(), flush=True)
     sys.stdin.read()
 """)
@@ -459,6 +589,11 @@ def tags(netns: str) -> list[str | None]:
     return [r.tag for r in usocket_rules(netns)]
 
 
+def owners_sets(netns: str) -> list[str | None]:
+    """The owner tag of each usocket set in ``netns``."""
+    return [(parse_set_name(n) or (None, 0))[0] for n in ipsets(netns)]
+
+
 @pytest.mark.lab
 def test_sigkill_leaves_rules_that_cleanup_and_start_remove_sigterm_sigint_remove_own(ns: object) -> None:
     c, cip = ns.client_ns, ns.client_ip  # type: ignore[attr-defined]
@@ -466,15 +601,19 @@ def test_sigkill_leaves_rules_that_cleanup_and_start_remove_sigterm_sigint_remov
     live, ltag = start_child(c, cip, 9002)
     procs = [killed, live]
     try:
-        assert sorted(tags(c)) == sorted([ktag, ltag] * 2)  # type: ignore[type-var]  # unicast + broadcast
+        # unicast + broadcast + the set's rule, and the set
+        assert sorted(tags(c)) == sorted([ktag, ltag] * 3)  # type: ignore[type-var]
+        assert sorted(owners_sets(c)) == sorted([ktag, ltag])
         killed.kill()
         killed.wait()
-        assert ktag in tags(c)  # SIGKILL: nothing ran, the rules stay (harmless: --queue-bypass)
-        assert cleanup(c) == 2
-        assert tags(c) == [ltag] * 2  # the live owner's rules stay
+        assert ktag in tags(c) and ktag in owners_sets(c)  # SIGKILL: nothing ran, all stays (harmless: --queue-bypass)
+        assert cleanup(c) == 3
+        assert tags(c) == [ltag] * 3  # the live owner's rules stay ...
+        assert owners_sets(c) == [ltag]  # ... and its set; the dead owner's set went
         live.send_signal(signal.SIGTERM)
         assert live.wait(WAIT * 3) == -signal.SIGTERM  # still dies of SIGTERM ...
         assert Iptables(c).list_rules() is None  # ... after removing its rule, chain and jump
+        assert ipsets(c) == []  # and its set
         interrupted, itag = start_child(c, cip, 9004)
         procs.append(interrupted)
         interrupted.send_signal(signal.SIGINT)  # KeyboardInterrupt, then atexit
@@ -484,9 +623,18 @@ def test_sigkill_leaves_rules_that_cleanup_and_start_remove_sigterm_sigint_remov
         procs.append(again)
         again.kill()
         again.wait()
-        assert tags(c) == [atag] * 2
-        with Diverter(cip, c, handle_signals=False):  # start() removes dead owners' rules
-            assert tags(c) == []
+        assert tags(c) == [atag] * 3 and owners_sets(c) == [atag]
+        with Diverter(cip, c, handle_signals=False):  # start() removes dead owners' rules and sets
+            assert tags(c) == [] and ipsets(c) == []
+        cli, ctag = start_child(c, cip, 9005)
+        procs.append(cli)
+        cli.kill()
+        cli.wait()
+        assert owners_sets(c) == [ctag]
+        out = subprocess.run([sys.executable, "-m", "usocket", "cleanup", "--netns", c], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+        assert "removed 3 rule(s) and 1 ipset(s)" in out, out
+        assert tags(c) == [] and ipsets(c) == []
     finally:
         for p in procs:
             if p.poll() is None:
@@ -550,7 +698,17 @@ def test_port_reservation(ns: object) -> None:
         port = small.allocate(17, lambda p: p == 40000)
         assert 40000 < port <= 50000 and small.is_held(17, port)
         small.close()
-        assert not small.held
+        assert not small.held and not small.spare
+        # sockets are made in the namespace a pool at a time and bound from this thread; a
+        # failed bind returns its socket to the pool
+        spare = len(alloc.spare[6])
+        held = [alloc.allocate(6, lambda p: alloc.is_held(6, p)) for _ in range(spare)]
+        assert not alloc.spare[6] and all(alloc.is_held(6, p) for p in held)
+        with pytest.raises(OSError):  # a new pool, and its first socket back in it
+            alloc.claim(6, 12345, explicit=True)
+        assert len(alloc.spare[6]) == alloc.pool_size
+        for p in held:
+            alloc.release(6, p)
     finally:
         alloc.close()
         for sk in kernel:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.lab
 
 
 def usocket_rules(lab):
-    return [r for r in lab.iptables_rules(lab.client_ns) if "usocket" in r.lower() or "NFQUEUE" in r]
+    return [r for r in lab.iptables_rules(lab.client_ns) if "usocket" in r.lower() or "NFQUEUE" in r] + [
+        f"ipset {name}" for name in lab.usocket_sets(lab.client_ns)]
 
 
 def test_stack_on_a_tap_talks_to_the_kernel(lab):

@@ -20,13 +20,16 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         targets = [None] + [line.split()[0] for line in out.splitlines() if line.strip()]
-    total = 0
+    total: dict[str, int] = {"rules": 0, "sets": 0}
     for ns in targets:
-        n = cleanup(netns=ns, everything=args.all)
-        total += n
-        if n:
-            print(f"usocket: removed {n} rule(s) in {ns or 'the current namespace'}")
-    print(f"usocket: cleanup done, {total} rule(s) removed")
+        stats: dict[str, int] = {}
+        cleanup(netns=ns, everything=args.all, stats=stats)
+        for k in total:
+            total[k] += stats.get(k, 0)
+        if stats.get("rules") or stats.get("sets"):
+            print(f"usocket: removed {stats['rules']} rule(s) and {stats['sets']} ipset(s) in "
+                  f"{ns or 'the current namespace'}")
+    print(f"usocket: cleanup done, {total['rules']} rule(s) and {total['sets']} ipset(s) removed")
     return 0
 
 
@@ -97,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="shared: the interface's own IP with kernel diversion (default); own: a separate IP")
     d.add_argument("--pcap", help="write every frame the stack sends or receives to this pcap file")
     d.set_defaults(func=_cmd_demo)
-    c = sub.add_parser("cleanup", help="remove diversion rules left by dead usocket processes")
+    c = sub.add_parser("cleanup", help="remove diversion rules and ipsets left by dead usocket processes")
     c.add_argument("--netns", help="network namespace to clean (default: the current one)")
-    c.add_argument("--all", action="store_true", help="remove every usocket rule, live owners' too")
+    c.add_argument("--all", action="store_true", help="remove every usocket rule and ipset, live owners' too")
     c.add_argument("--all-namespaces", action="store_true",
                    help="the current namespace and every named one (ip netns list)")
     c.set_defaults(func=_cmd_cleanup)

@@ -94,8 +94,10 @@ def parse_options(opts: list[str]) -> argparse.Namespace:
 def _cleanup(netns: str | None) -> int:
     from usocket.divert.rules import cleanup
 
-    n = cleanup(netns=netns)
-    print(f"usocket-hijack: removed {n} stale rule(s)" + (f" in {netns}" if netns else ""))
+    stats: dict[str, int] = {}
+    n = cleanup(netns=netns, stats=stats)
+    print(f"usocket-hijack: removed {n} stale rule(s) and {stats.get('sets', 0)} ipset(s)"
+          + (f" in {netns}" if netns else ""))
     return 0
 
 

@@ -1,6 +1,8 @@
 """Kernel diversion for shared mode: the stack uses the host's IP, the kernel stays out of its flows.
 
-- :mod:`.rules`: iptables NFQUEUE rules, one per flow, in the ``USOCKET`` chain; ``cleanup``.
+- :mod:`.rules`: iptables NFQUEUE rules in the ``USOCKET`` chain (one per listener, one per
+  owner for its ipset of connected flows); ``cleanup``.
+- :mod:`.ipset`: the ipset netlink client that adds and deletes set members without a process.
 - :mod:`.nfqueue`: :class:`Diverter`, the stack's FlowObserver and the queue reader.
 - :mod:`.ports`: :class:`KernelPortAllocator`, ports reserved with kernel sockets.
 

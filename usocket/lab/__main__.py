@@ -5,7 +5,7 @@
 - ``run [--mode shared|own] [--peer CMD] [--hijack-opt OPT ...] -- PROGRAM [ARGS]``: build a lab
   and run an unmodified Python program in it under ``usocket_hijack`` (see :mod:`usocket.lab.run`).
 - ``cleanup``: remove labs (namespaces, /etc/netns dirs, temp dirs) whose creating process died.
-- ``leftovers``: list usl-* namespaces and usocket/NFQUEUE rules in the root namespace.
+- ``leftovers``: list usl-* namespaces and usocket/NFQUEUE rules and usocket ipsets in the root namespace.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run a Python program in a lab under usocket_hijack (run -h: its options)",
                    add_help=False)
     sub.add_parser("cleanup", help="remove labs of dead processes")
-    sub.add_parser("leftovers", help="list usl-* namespaces and usocket rules in the root ns")
+    sub.add_parser("leftovers", help="list usl-* namespaces and usocket rules and ipsets in the root ns")
     args = p.parse_args(argv)
     if args.cmd == "cleanup":
         print(f"removed {Lab.cleanup_stale()} stale namespace(s)")

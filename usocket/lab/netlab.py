@@ -595,10 +595,24 @@ http {{
         return [line for line in out.splitlines() if line.startswith("-A ")]
 
     def foreign_rules(self, ns: str) -> list[str]:
-        """usocket/NFQUEUE rules and USOCKET chains in ``ns`` that the lab did not add itself."""
+        """usocket/NFQUEUE rules and USOCKET chains in ``ns`` that the lab did not add itself,
+        then usocket ipsets (as ``ipset NAME``)."""
         out = self.run(ns, ["iptables-save"]).stdout
         return [line for line in out.splitlines() if line.startswith(("-A ", ":")) and
-                SUSPECT_RULE.search(line) and LAB_COMMENT not in line]
+                SUSPECT_RULE.search(line) and LAB_COMMENT not in line] + [
+                    f"ipset {name}" for name in self.usocket_sets(ns)]
+
+    @staticmethod
+    def usocket_sets(ns: str | None) -> list[str]:
+        """Names of the usocket ipsets in ``ns`` (``None``: the current namespace); none if the
+        kernel has no ipset."""
+        from ..divert.ipset import Ipset
+
+        try:
+            with Ipset(ns) as ips:
+                return [name for name in ips.names() if SUSPECT_RULE.search(name)]
+        except OSError:
+            return []
 
     # -- capture ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -726,7 +740,7 @@ http {{
 
     @staticmethod
     def leftovers(pid: int | None = None) -> list[str]:
-        """``usl-*`` namespaces (of ``pid`` only, if given) and usocket/NFQUEUE rules in the root ns."""
+        """``usl-*`` namespaces (of ``pid`` only, if given), usocket/NFQUEUE rules and usocket ipsets in the root ns."""
         names = Lab.namespaces()
         if pid is not None:
             names = [n for n in names if n.startswith(f"{PREFIX}{pid}-")]
@@ -734,6 +748,7 @@ http {{
         save = _sh(["iptables-save"], check=False).stdout
         out += [f"root rule {line}" for line in save.splitlines()
                 if line.startswith(("-A ", ":")) and SUSPECT_RULE.search(line)]
+        out += [f"root rule ipset {name}" for name in Lab.usocket_sets(None)]
         return out
 
     @staticmethod
