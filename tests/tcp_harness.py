@@ -8,7 +8,9 @@ captured before ARP (:class:`fakes.RecordingStack`), a virtual clock, and script
   from the right ``now``); ``net.flush()`` runs what is due now, such as the 0-delay timer that
   sends the ACKs coalesced during a batch of input. Every emitted packet is parsed (IPv4, then
   TCP with its checksum verified) into a :class:`~usocket.wire.tcp.Segment` and kept in
-  ``net.log``; ``net.raw(seg)`` gives the packet back (for ICMP quotes).
+  ``net.log``; ``net.raw(seg)`` gives the packet back (for ICMP quotes). ``Net(gso_max_size=N)``
+  plays a link with segmentation offload: TCP super-segments are kept in ``net.gso_sent`` and
+  cut (:func:`usocket.wire.gso.segment`) into the segments the peer sees.
 - :class:`Peer` is the other end of one 4-tuple. It reads what the stack sent to it
   (``peer.expect(flags=ACK, ack=...)``, ``peer.take()``, ``peer.expect_none()``), learns the
   stack's ISN, options, window scale and timestamps from it, and writes segments relative to
@@ -34,6 +36,8 @@ from usocket.config import OWN, StackConfig
 from usocket.proto.tcp.connection import TcpConnection
 from usocket.proto.tcp.isn import IsnGenerator
 from usocket.wire.addr import ip_aton
+from usocket.wire.gso import GsoPacket
+from usocket.wire.gso import segment as gso_segment
 from usocket.wire.icmp import build_error
 from usocket.wire.ipv4 import IPv4Header, build_ipv4, parse_ipv4
 from usocket.wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, build_tcp, data_options, parse_tcp, syn_options
@@ -66,9 +70,11 @@ class Net:
     ``config`` keyword arguments set fields of ``stack.tcp.config`` (``msl=1.0``, ...).
     """
 
-    def __init__(self, *, mtu: int = 1500, seed: int = 7, **config: Any) -> None:
+    def __init__(self, *, mtu: int = 1500, seed: int = 7, gso_max_size: int = 0, **config: Any) -> None:
         self.stack = RecordingStack(StackConfig(address=ME, prefix_len=24, gateway=ROUTER, mtu=mtu, mode=OWN),
                                     rng=random.Random(seed))
+        self.stack.gso_max_size = gso_max_size  # a link with segmentation offload (link.base)
+        self.gso_sent: list[GsoPacket] = []  # the super-segments, before they were cut
         self.tcp = self.stack.tcp
         self.tcp.isn = IsnGenerator(secret=bytes(16))  # deterministic ISNs
         for key, value in config.items():
@@ -114,7 +120,14 @@ class Net:
         if not sent:
             return
         self.stack.arp.sent = []  # type: ignore[attr-defined]
+        packets: list[bytes] = []
         for _, _, packet in sent:
+            if type(packet) is GsoPacket:  # cut as the link would (checksums completed)
+                self.gso_sent.append(packet)
+                packets.extend(gso_segment(packet, l2_len=0))
+            else:
+                packets.append(packet)
+        for packet in packets:
             hdr, payload = parse_ipv4(packet)
             if hdr.proto != 6:
                 self.other.append(packet)

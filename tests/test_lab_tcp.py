@@ -512,7 +512,8 @@ def test_shared_mode_host_kernel_never_resets_the_stacks_connections(lab):
         after = _out_rsts(lab)
         packets = rdpcap(pcap)
     tcp = [p for p in packets if IP in p and TCP in p and p[IP].src == lab.client_ip]
-    assert len(tcp) > 1000, "the capture saw none of our traffic"
+    # Our upload crossed (in few packets: the veth passes TSO super-segments whole).
+    assert sum(len(p[TCP].payload) for p in tcp) >= size, "the capture missed our traffic"
     resets = [p.summary() for p in tcp if p[TCP].flags & 0x04]
     assert resets == []
     assert after == before, "the client kernel sent RSTs"

@@ -173,6 +173,7 @@ class Runtime:
                 self.pcap = self._own_pcap = PcapWriter(self._pcap_arg)
             self.link = PcapLink(self._link, self.pcap)
         self.stack = self.stack_class(cfg, ports=ports, flows=flows, now=time.monotonic())
+        self.stack.gso_max_size = getattr(self.link, "gso_max_size", 0)  # TCP segmentation offload
         if self.divert is not None:
             self.stack.counters.adopt("divert", self.divert.c)
         if hasattr(self._link, "counters"):

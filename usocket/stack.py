@@ -93,6 +93,11 @@ class Stack:
     tcp_class = TcpLayer
     dns_class = Resolver
 
+    #: The largest IPv4 packet the link accepts as one TCP super-segment to cut into wire
+    #: segments (its ``gso_max_size``; see :mod:`usocket.link.base`); 0 (the default): none.
+    #: The runtime copies it from its link; TCP then sends new data in super-segments.
+    gso_max_size = 0
+
     def __init__(self, config: StackConfig, *, rng: random.Random | None = None,
                  ports: PortAllocator | None = None, flows: FlowObserver | None = None,
                  now: float = 0.0, layers: Mapping[str, LayerFactory] | None = None) -> None:

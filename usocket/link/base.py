@@ -10,6 +10,12 @@ network or a full queue does: such frames are dropped and counted in ``link.coun
 kernel already validated it, or it was never computed because the sender offloaded it (a
 local veth peer); the stack must then not reject the frame for a "wrong" checksum.
 
+Transmit segmentation offload: a link with ``gso_max_size > 0`` accepts, besides ordinary
+frames, :class:`usocket.wire.gso.GsoPacket` frames (one TCP super-segment, IPv4 packet up to
+``gso_max_size`` bytes, checksum partial) and has them cut into wire segments; TCP builds such
+frames only for a stack whose ``gso_max_size`` the runtime set from its link. Links that
+cannot (memory, TAP, socketpair...) keep the default 0.
+
 Frames may be longer than ``mtu + 14``: a kernel TCP sender with TSO/GSO on a veth hands an
 AF_PACKET reader whole super-segments of up to ~64 KB. The TCP layer accepts them.
 """
@@ -35,8 +41,11 @@ class Link:
     and extend ``close`` to release their resources.
 
     Attributes: ``name`` (interface name or a label), ``mtu`` (IP MTU, excluding the Ethernet
-    header), ``mac`` (the 6-byte address the stack should use on this link), ``counters``.
+    header), ``mac`` (the 6-byte address the stack should use on this link), ``counters``,
+    ``gso_max_size`` (the largest IPv4 packet accepted as one TCP super-segment; 0: none).
     """
+
+    gso_max_size = 0
 
     def __init__(self, name: str, mtu: int = 1500, mac: bytes = b"\x00" * 6) -> None:
         self.name = name

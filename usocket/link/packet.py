@@ -15,6 +15,14 @@ Receive details that matter to a stack:
   the real frame (and drops it: the stack is untagged).
 - The receive buffer holds a whole GSO super-packet (~64 KB: a kernel TCP sender with TSO on a
   veth passes such segments up unsplit). Truncated frames are dropped and counted.
+- Transmit goes through a second packet socket bound to no protocol (it receives nothing) with
+  ``PACKET_VNET_HDR``: every frame is sent behind a 10-byte ``struct virtio_net_hdr``. For a
+  plain frame it is all zeros; for a TCP super-segment (:class:`usocket.wire.gso.GsoPacket`)
+  it asks the kernel to complete the checksum and cut the segment into ``gso_size`` pieces
+  (TSO: a veth passes it whole to its peer, other devices segment in hardware or in the
+  kernel's software GSO). :attr:`PacketLink.gso_max_size` advertises this; it is 0 when the
+  kernel refuses ``PACKET_VNET_HDR``, and frames then go out of the receive socket as they are.
+  Received frames are unaffected (the receive socket has no vnet header).
 - With ``bpf=`` the socket is opened bound to no protocol, the filter is attached, and only then
   bound to ``ETH_P_ALL``: no unfiltered frame is ever queued. :meth:`PacketLink.attach_filter`
   on a live link re-filters what was queued before the filter took effect.
@@ -28,6 +36,7 @@ from typing import Any
 
 from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from ..netns import run_in_netns
+from ..wire.gso import GsoPacket
 from . import bpf as _bpf
 from .base import MAX_FRAME, Link, errno_reason
 
@@ -36,6 +45,7 @@ SOL_PACKET = 263
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
+PACKET_VNET_HDR = 15
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
@@ -48,6 +58,12 @@ TP_STATUS_CSUM_VALID = 1 << 7
 CSUM_KNOWN = TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID
 
 _AUX = struct.Struct("IIIHHHH")  # struct tpacket_auxdata
+_VNET = struct.Struct("<BBHHHH")  # struct virtio_net_hdr: flags gso_type hdr_len gso_size csum_start csum_offset
+_VNET_NONE = bytes(_VNET.size)
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+#: The largest IPv4 packet handed over as one super-segment: the IPv4 limit.
+GSO_MAX_SIZE = 65535
 _CMSG_SPACE = socket.CMSG_SPACE(_AUX.size)
 
 
@@ -75,6 +91,8 @@ class PacketLink(Link):
     ``mac`` and ``mtu`` are the interface's. ``rcvbuf``/``sndbuf`` are forced past the
     sysctl limits when running as root (``SO_RCVBUFFORCE``)."""
 
+    _tx: socket.socket | None = None  # the transmit socket with PACKET_VNET_HDR (see the module doc)
+
     def __init__(self, iface: str, netns: str | None = None, bpf: _bpf.Program | None = None, *,
                  promisc: bool = False, rcvbuf: int = 8 << 20, sndbuf: int = 4 << 20) -> None:
         super().__init__(iface)
@@ -91,9 +109,29 @@ class PacketLink(Link):
                 sock.bind((iface, ETH_P_ALL))
             self.mac = bytes(sock.getsockname()[4][:6])
             self.mtu = self._query_mtu()
+            self._tx = run_in_netns(netns, lambda: self._open_tx(iface, sndbuf))
         except BaseException:
             self._l2.close()
             raise
+        if self._tx is not None:
+            self.gso_max_size = GSO_MAX_SIZE
+
+    @staticmethod
+    def _open_tx(iface: str, sndbuf: int) -> socket.socket | None:
+        """The transmit socket with ``PACKET_VNET_HDR``, or None where the kernel refuses it."""
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            try:
+                tx.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, sndbuf)
+            except PermissionError:
+                tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            tx.bind((iface, 0))  # protocol 0: nothing is ever queued for reading
+            tx.setblocking(False)
+        except OSError:
+            tx.close()
+            return None
+        return tx
 
     def _configure(self, rcvbuf: int, sndbuf: int) -> None:
         sock = self.sock
@@ -161,7 +199,13 @@ class PacketLink(Link):
 
     def send(self, frame: bytes) -> bool:
         try:
-            self.sock.send(frame)
+            tx = self._tx
+            if tx is None:
+                self.sock.send(frame)
+            elif type(frame) is GsoPacket:
+                tx.sendmsg((self.vnet_header(frame), frame))
+            else:
+                tx.sendmsg((_VNET_NONE, frame))
         except BlockingIOError:
             self.counters["drop.tx_busy"] += 1
             return False
@@ -170,6 +214,15 @@ class PacketLink(Link):
             return False
         self.counters["tx"] += 1
         return True
+
+    @staticmethod
+    def vnet_header(frame: bytes) -> bytes:
+        """The ``virtio_net_hdr`` of an Ethernet frame holding a TCP super-segment: checksum to
+        complete from the TCP header on (field at offset 16), cut into ``gso_size`` payloads."""
+        ihl = (frame[14] & 0x0F) * 4
+        start = 14 + ihl
+        return _VNET.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                          start + (frame[start + 12] >> 4) * 4, getattr(frame, "gso_size", 0), start, 16)
 
     # -- filters ---------------------------------------------------------------------------------
     def attach_filter(self, program: _bpf.Program) -> int:
@@ -198,4 +251,6 @@ class PacketLink(Link):
     def close(self) -> None:
         if not self.closed:
             self._l2.close()
+            if self._tx is not None:
+                self._tx.close()
         super().close()

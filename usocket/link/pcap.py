@@ -129,6 +129,9 @@ class PcapLink(Link):
         self.writer = writer
         self.clock = clock
         self.counters = inner.counters
+        # Super-segments (usocket.wire.gso) go to the inner link as they are, and are recorded
+        # whole, as tcpdump on the host records them.
+        self.gso_max_size = inner.gso_max_size
 
     def fileno(self) -> int:
         return self.inner.fileno()

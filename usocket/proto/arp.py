@@ -208,7 +208,7 @@ class ArpLayer:
         q = e.pending
         if q is None:
             q = e.pending = deque()
-        data = bytes(payload)
+        data = payload if isinstance(payload, bytes) else bytes(payload)  # keeps a GsoPacket whole
         q.append((ethertype, data))
         e.pending_bytes += len(data)
         self._pending_bytes += len(data)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from ..wire import MalformedError
 from ..wire.ethernet import BROADCAST_MAC, ETH_HLEN, build_header, parse_ethernet
+from ..wire.gso import GsoPacket, gso_packet
 
 if TYPE_CHECKING:
     from ..stack import Stack
@@ -122,6 +123,10 @@ class EthernetLayer:
     # -- send ------------------------------------------------------------------------------
     def send(self, dst_mac: bytes, ethertype: int, payload: Payload) -> None:
         """Frame ``payload`` for ``dst_mac`` and queue it on the link via ``stack.transmit``."""
+        if type(payload) is GsoPacket:  # a TCP super-segment the link cuts (usocket.wire.gso)
+            self.c["tx"] += 1
+            self.stack.transmit(gso_packet(self.header(dst_mac, ethertype) + payload, payload.gso_size))
+            return
         if self.enforce_mtu and len(payload) > self.stack.config.mtu:
             self.c["drop.tx_oversize"] += 1
             return

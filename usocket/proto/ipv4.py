@@ -75,6 +75,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..wire import MalformedError
 from ..wire.addr import BROADCAST_IP, prefix_mask
+from ..wire.gso import gso_packet
+from ..wire.gso import segment as gso_segment
 from ..wire.ipv4 import (
     MAX_DATAGRAM,
     MIN_HEADER,
@@ -568,13 +570,19 @@ class IPv4Layer:
     # -- send ----------------------------------------------------------------------------------
     def send(self, dst: bytes, proto: int, payload: bytes | bytearray | memoryview, *,
              src: bytes | None = None, ttl: int | None = None, tos: int | None = None,
-             df: bool | None = None, ident: int | None = None, frag_size: int | None = None) -> None:
+             df: bool | None = None, ident: int | None = None, frag_size: int | None = None,
+             gso_size: int = 0) -> None:
         """Send one datagram of ``proto`` carrying ``payload`` to ``dst``.
 
         Raises ``OSError(ENETUNREACH)`` (no route, or a loopback / 0.0.0.0/8 destination, which
         must never leave the host), ``OSError(EMSGSIZE)`` (over 65535 bytes, or over the path MTU
         with ``df=True``). ``frag_size`` forces fragments carrying that many payload bytes (a
         multiple of 8; a tool's knob), whatever the size of the datagram.
+
+        ``gso_size`` > 0: ``payload`` is a TCP super-segment with a partial checksum (see
+        :mod:`usocket.wire.gso`), to be cut into segments of ``gso_size`` data bytes. It is not
+        held to the path MTU (the pieces are) and goes to the link whole, DF set, as a
+        :class:`~usocket.wire.gso.GsoPacket`; to this host's own addresses it is cut here.
         """
         if len(dst) != 4:
             raise ValueError("IPv4 addresses are 4 bytes")
@@ -583,6 +591,9 @@ class IPv4Layer:
             raise _oserror(errno.ENETUNREACH, "loopback and 0.0.0.0/8 never leave the host")
         cfg = self.stack.config
         next_hop = self.route(dst)
+        if gso_size:
+            self._send_gso(next_hop, dst, proto, payload, src, ttl, tos, gso_size)
+            return
         plen = len(payload)
         if plen + MIN_HEADER > MAX_DATAGRAM:
             raise _oserror(errno.EMSGSIZE, f"{plen} bytes")
@@ -612,6 +623,20 @@ class IPv4Layer:
         output = self.stack.arp.output
         for p in packets:
             output(next_hop, ETHERTYPE_IPV4, p)
+
+    def _send_gso(self, next_hop: bytes, dst: bytes, proto: int, payload: bytes | bytearray | memoryview,
+                  src: bytes | None, ttl: int | None, tos: int | None, gso_size: int) -> None:
+        cfg = self.stack.config
+        t = self.template(cfg.address if src is None else src, dst, proto,
+                          cfg.default_ttl if ttl is None else ttl, 0 if tos is None else tos)
+        packet = t.build(payload, self.next_ident(dst), df=True)
+        if self.is_local(dst):
+            for piece in gso_segment(gso_packet(packet, gso_size), l2_len=0):
+                self.send(dst, proto, piece[20:], src=src, ttl=ttl, tos=tos, df=True)
+            return
+        self.c["tx"] += 1
+        self.c["tx_gso"] += 1
+        self.stack.arp.output(next_hop, ETHERTYPE_IPV4, gso_packet(packet, gso_size))
 
     def fragment(self, payload: bytes, size: int, *, dst: bytes, proto: int) -> list[Fragment]:
         """Split ``payload`` into fragments of ``size`` bytes (a multiple of 8), in order.

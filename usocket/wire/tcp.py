@@ -306,7 +306,7 @@ class TcpTemplate:
     ``struct`` call and copies the payload once. Immutable.
     """
 
-    __slots__ = ("src", "dst", "sport", "dport", "_sum")
+    __slots__ = ("src", "dst", "sport", "dport", "_sum", "_pseudo")
 
     def __init__(self, src: bytes, dst: bytes, sport: int, dport: int) -> None:
         if len(src) != 4 or len(dst) != 4:
@@ -314,7 +314,8 @@ class TcpTemplate:
         if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
             raise ValueError(f"ports must be 0..65535: {sport}, {dport}")
         self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
-        self._sum = _pseudo_sum(src, dst, 0) + sport + dport
+        self._pseudo = _pseudo_sum(src, dst, 0)
+        self._sum = self._pseudo + sport + dport
 
     def build(self, seq: int, ack: int, flags: int, window: int, options: bytes = b"",
               payload: Buffer = b"") -> bytes:
@@ -333,6 +334,20 @@ class TcpTemplate:
             s += _le_sum(payload) << 8
         return _BUILD.pack(self.sport, self.dport, seq, ack, off, window, ~(s % 0xFFFF or 0xFFFF) & 0xFFFF,
                            0) + options + payload
+
+    def build_partial(self, seq: int, ack: int, flags: int, window: int, options: bytes,
+                      payload: Buffer) -> bytes:
+        """Like :meth:`build`, but with the checksum left to the link (checksum offload, as
+        Linux's ``CHECKSUM_PARTIAL``): the field holds the folded pseudo-header sum (addresses,
+        protocol, TCP length), not inverted; whoever completes it adds the sum of the header
+        and data from the TCP header on. Used for TCP super-segments the link cuts (GSO)."""
+        olen = len(options)
+        if olen & 3 or olen > MAX_OPTIONS_LEN:
+            raise ValueError(f"TCP options must be a multiple of 4 bytes, at most 40 (got {olen})")
+        hl = TCP_HEADER_LEN + olen
+        s = self._pseudo + hl + len(payload)
+        return _BUILD.pack(self.sport, self.dport, seq, ack, (hl << 10) | flags, window,
+                           s % 0xFFFF or 0xFFFF, 0) + options + payload
 
 
 def syn_options(mss: int, wscale: int | None, sack_perm: bool, ts: tuple[int, int] | None) -> bytes:

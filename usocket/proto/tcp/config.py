@@ -52,6 +52,9 @@ class TcpConfig:
     # Linux has both on by default (tcp_recovery=1, tcp_early_retrans=3).
     rack: bool = True
     tlp: bool = True
+    # Segmentation offload (Linux TSO/GSO): new data goes to the link as super-segments of
+    # several MSS when the link cuts them (``stack.gso_max_size > 0``, set by the runtime).
+    tso: bool = True
     # Segments the out-of-order queue may hold (its byte bound is the receive buffer).
     ooo_max_ranges: int = 2048
     # Seconds a closed connection's diversion flow stays (shared mode): the peer's late

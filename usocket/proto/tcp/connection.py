@@ -32,6 +32,10 @@ What is implemented, with the RFC rule it follows:
   zero-window probes with backoff (persist timer, RFC 9293 3.8.6.1).
 - Delayed ACKs: quick ACKs at the start, then an ACK for every second full segment or after
   ``delack`` seconds; immediate ACKs for out-of-order data, filled holes, FINs and window updates.
+- Segmentation offload (Linux TSO): when the link cuts super-segments (``stack.gso_max_size``,
+  TcpConfig ``tso``), consecutive new segments that cwnd and the peer's window allow leave as
+  one segment of up to ~64 KB with a partial checksum; the retransmission queue still holds one
+  record per MSS, so SACK, RACK, loss marking and every retransmission work in MSS units.
 - Keepalive (RFC 1122 4.2.3.6), TIME_WAIT for 2*MSL, FIN_WAIT_2 timeout for orphans, RST on
   close with unread data (RFC 2525 2.17) or SO_LINGER 0.
 - Errors as Linux reports them: ECONNREFUSED (RST to our SYN), ECONNRESET (RST), EPIPE
@@ -413,9 +417,12 @@ class TcpConnection:
         self.rcv_adv = max(adv, rcv_nxt + (field << shift))
         return field
 
-    def _emit(self, seq_u: int, flags: int, payload: bytes = b"", options: bytes | None = None) -> None:
+    def _emit(self, seq_u: int, flags: int, payload: bytes = b"", options: bytes | None = None,
+              gso_size: int = 0) -> None:
         """Build and hand one segment to the layer. ACK-bearing segments carry our ACK,
-        timestamps and SACK blocks, and end any pending delayed ACK."""
+        timestamps and SACK blocks, and end any pending delayed ACK. ``gso_size`` > 0: a
+        super-segment the link cuts into pieces of that many data bytes, all with the same
+        options (its checksum is left partial for the link to complete)."""
         tpl = self.template
         if tpl is None:  # closed meanwhile, e.g. by an on_* hook run earlier in this segment
             return
@@ -438,16 +445,21 @@ class TcpConnection:
                     irs = self.irs
                     # The blocks that fit (RFC 2018 3): a retransmitted full-size segment may
                     # carry none; new data was cut to leave room for them (_send_mss).
-                    room = (self.mss + (12 if self.ts_ok else 0) - len(payload) - (12 if ts else 0) - 4) // 8
+                    room = (self.mss + (12 if self.ts_ok else 0) - (gso_size or len(payload))
+                            - (12 if ts else 0) - 4) // 8
                     if room > 0:
                         blocks = self.ooo.sack_blocks(min(room, 4))
                         sack = [((irs + s) & MASK, (irs + e) & MASK) for s, e in blocks]
                 options = data_options(ts, sack) if ts or sack else b""
         window = self._window_field(syn)
-        seg = tpl.build((self.iss + seq_u) & MASK, ack, flags, window, options, payload)
-        self.segs_out += 1
+        if gso_size:
+            seg = tpl.build_partial((self.iss + seq_u) & MASK, ack, flags, window, options, payload)
+            self.segs_out += -(-len(payload) // gso_size)
+        else:
+            seg = tpl.build((self.iss + seq_u) & MASK, ack, flags, window, options, payload)
+            self.segs_out += 1
         self.last_tx = self.layer.stack.now
-        self.layer.output(self, seg)
+        self.layer.output(self, seg, gso_size)
 
     def send_ack(self) -> None:
         """A pure ACK now (with the current window, timestamps and SACK blocks)."""
@@ -1165,18 +1177,31 @@ class TcpConnection:
         mss = self._send_mss()
         sndbuf = self.sndbuf
         data_end = sndbuf.end + 1  # u just past the last byte written
+        # With segmentation offload, consecutive segments decided below are sent as one
+        # super-segment (a "run" from run_start to snd_nxt) of at most gso_max bytes; the
+        # retransmission queue still gets one record per MSS (Linux tcp_write_xmit + TSO).
+        gso_max = self.layer.gso_limit() // mss * mss if mss > 0 else 0
+        run_start = self.snd_nxt
+        run_flags = 0
+        cwnd = cc.cwnd
+        wnd_edge = self.snd_una + self.snd_wnd
+        # "pipe" grows by exactly what is sent here, unless duplicate ACKs without SACK make
+        # its estimate depend on the amount outstanding (in_flight): then it is recomputed.
+        pipe = self.in_flight
+        exact_pipe = self.sack_ok or not self.dupacks
+        rtxq = self.rtxq
         while True:
             nxt = self.snd_nxt
             avail = data_end - nxt
             if avail <= 0:
                 break
-            wnd_room = self.snd_una + self.snd_wnd - nxt
+            wnd_room = wnd_edge - nxt
             n = mss if avail > mss else avail
             if wnd_room < n:
                 if wnd_room <= 0 or (wnd_room < mss and wnd_room < self.max_snd_wnd // 2 and avail > wnd_room):
                     break  # sender SWS avoidance (RFC 9293 3.8.6.2.1): wait for a useful window
                 n = wnd_room
-            if self.in_flight >= cc.cwnd and not probe:
+            if (pipe if exact_pipe else self.in_flight) >= cwnd and not probe:
                 break
             if n < mss and not self.nodelay and not probe and nxt > self.snd_una and not self.fin_queued:
                 break  # Nagle (RFC 896): one small segment in flight at a time
@@ -1186,17 +1211,28 @@ class TcpConnection:
                 flags |= PSH
                 if self.fin_queued and self.fin_u is None:
                     flags |= FIN
-            payload = sndbuf.read(nxt - 1, n)
-            self._emit(nxt, flags, payload)
+            if gso_max > mss and not flags & FIN:
+                if end - run_start > gso_max:
+                    self._emit_run(run_start, nxt, run_flags, mss)
+                    run_start = nxt
+                run_flags = flags
+            else:
+                if run_start < nxt:
+                    self._emit_run(run_start, nxt, run_flags, mss)
+                self._emit(nxt, flags, sndbuf.read(nxt - 1, n))
+                run_start = end + (1 if flags & FIN else 0)
             if flags & FIN:
                 self.fin_u = end
                 end += 1
-            self.rtxq.append(Sent(nxt, end, flags & (FIN | SYN), now))
+            rtxq.append(Sent(nxt, end, flags & (FIN | SYN), now))
             self.snd_nxt = end
+            pipe += end - nxt
             if self.rtx_deadline is None or self.persist:
                 self._arm_rtx()
             if probe:
                 break
+        if run_start < self.snd_nxt:
+            self._emit_run(run_start, self.snd_nxt, run_flags, mss)
         if self.fin_queued and self.fin_u is None and self.snd_nxt == data_end and self.in_flight < cc.cwnd + mss:
             nxt = self.snd_nxt
             self._emit(nxt, ACK | FIN)
@@ -1212,6 +1248,13 @@ class TcpConnection:
             self.persist = True
             self.rtx_deadline = now + min(self.rtt.rto * (1 << min(self.rtx_retries, 16)),
                                           self.layer.config.rto_max)
+
+    def _emit_run(self, start: int, end: int, flags: int, mss: int) -> None:
+        """Send the new data ``start``..``end`` (already queued for retransmission as MSS
+        records) in one segment: a super-segment for the link to cut when it is over ``mss``.
+        ``flags`` are the last piece's (PSH); the link keeps them on the last piece only."""
+        payload = self.sndbuf.read(start - 1, end - start)
+        self._emit(start, flags, payload, gso_size=mss if end - start > mss else 0)
 
     def _retransmit_lost(self, force: bool) -> None:
         q = self.rtxq

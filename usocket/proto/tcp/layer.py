@@ -479,17 +479,26 @@ class TcpLayer:
         self.send_reset(conn.local_ip, conn.remote_ip, seg)
 
     # ===================================================================== output and timers
-    def output(self, conn: TcpConnection, segment: bytes) -> None:
+    def output(self, conn: TcpConnection, segment: bytes, gso_size: int = 0) -> None:
+        """Send one segment of ``conn``; ``gso_size`` > 0: a super-segment (checksum partial)
+        for the link to cut into pieces of that many data bytes (see :meth:`gso_limit`)."""
         assert conn.remote_ip is not None
         try:
             self.stack.ipv4.send(conn.remote_ip, PROTO_TCP, segment, src=conn.local_ip, ttl=conn.ttl,
-                                 tos=conn.tos, df=True)
+                                 tos=conn.tos, df=True, gso_size=gso_size)
         except OSError as exc:
             # EMSGSIZE here would be an engine bug (segments are sized to the path MTU).
             self.c["tx.error." + errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
             conn.soft_error = exc.errno or 0
         else:
             self.c["tx"] += 1
+
+    def gso_limit(self) -> int:
+        """The most data bytes one super-segment may carry (0: segmentation offload off): what
+        fits the link's ``gso_max_size`` after the IPv4 and the largest TCP header."""
+        if not self.config.tso:
+            return 0
+        return max(0, getattr(self.stack, "gso_max_size", 0) - 20 - 60)
 
     def reschedule(self, conn: TcpConnection) -> None:
         """Keep one stack timer per connection at (or before) its earliest deadline."""
