@@ -212,3 +212,26 @@ def test_pcap_wrapper_passes_super_segments_and_records_them_whole() -> None:
     writer.flush()
     assert inner.sent == [frame] and type(inner.sent[0]) is GsoPacket
     assert [f for _, f in read_pcap(buf.getvalue())] == [frame]
+
+
+@pytest.mark.parametrize("where", ["ipv4", "tcp"])  # (the harness has no link boundary)
+def test_output_hooks_see_wire_sized_segments(where: str) -> None:
+    """While an output hook is registered (usocket.hack), TCP builds no super-segments: the hook
+    sees every segment as the wire will; removing the hook turns offload back on."""
+    from usocket import hack
+
+    net = Net(gso_max_size=GSO)
+    conn, peer = net.established(setup=nodelay)
+    mss = conn.mss
+    seen: list[int] = []
+    remove = hack.hooks(net.stack).add(where, "out", lambda data, ctx: seen.append(len(data)) or data)
+    conn.send(b"h" * (10 * mss))
+    assert [len(s.payload) for s in peer.take()] == [mss] * 10
+    assert net.gso_sent == [] and len(seen) == 10
+    assert max(seen) <= {"ipv4": 20, "tcp": 0}[where] + 32 + mss
+    remove()
+    assert net.stack.gso_max_size == GSO
+    peer.ack_all()  # room in cwnd: the next burst goes out as a super-segment again
+    conn.send(b"i" * (10 * mss))
+    peer.take()
+    assert len(net.gso_sent) >= 1

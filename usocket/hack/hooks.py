@@ -39,6 +39,10 @@ layer objects themselves are never given instance attributes (that would slow CP
 attribute access on them for good). The layers' per-packet code is unchanged.
 Transport-boundary input hooks wrap the protocol's handler as registered when the hook is
 added: register custom protocols first.
+
+Segmentation offload: while any output hook is registered at ``link``, ``ipv4`` or ``tcp``, the
+stack's TCP builds no super-segments (``stack.gso_max_size`` is 0 until the last such hook is
+removed), so output hooks see every segment as it goes on the wire, at most one MSS of data.
 """
 from __future__ import annotations
 
@@ -120,6 +124,7 @@ class Hooks:
         self._l4_handlers: dict[int, Any] = {}  # transport handlers wrapped by input hooks
         self._originals: dict[tuple[int, str], Callable[..., Any]] = {}  # methods as they were
         self._l4_out_undo: Callable[[], None] = _nothing
+        self._gso_saved: int | None = None  # the stack's gso_max_size while output hooks exist
 
     @classmethod
     def of(cls, stack: Stack) -> Hooks:
@@ -160,6 +165,7 @@ class Hooks:
             except BaseException:
                 del self.chains[key]
                 raise
+        self._offload()
 
         def remove() -> None:
             self.remove(key[0], key[1], hook)
@@ -176,12 +182,24 @@ class Hooks:
         if not chain and key in self._saved:
             self.chains.pop(key, None)
             self._saved.pop(key)()
+        self._offload()
 
     def clear(self) -> None:
         """Remove every hook: the stack is as it was."""
         for key in list(self._saved):
             self.chains.pop(key, None)
             self._saved.pop(key)()
+        self._offload()
+
+    def _offload(self) -> None:
+        """TCP super-segments off while an output hook would see them (see the module doc)."""
+        hooked = any(self.chains.get((w, OUT)) for w in ("link", "ipv4", 6))
+        stack: Any = self.stack
+        if hooked and self._gso_saved is None:
+            self._gso_saved = getattr(stack, "gso_max_size", 0)
+            stack.gso_max_size = 0
+        elif not hooked and self._gso_saved is not None:
+            stack.gso_max_size, self._gso_saved = self._gso_saved, None
 
     def __call__(self, where: str | int, direction: str, *, scapy: bool | None = None) -> Callable[[Hook], Hook]:
         """Decorator form: ``@hooks("tcp", "out")``."""
