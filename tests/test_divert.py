@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -259,7 +260,7 @@ def read_one(div: Diverter, handler: Callable[[bytes], bool]) -> list[bytes]:
     """Wait (select) until the queue has something and read it through ``handler``."""
     got: list[bytes] = []
 
-    def h(p: bytes) -> bool:
+    def h(p: bytes, csum_ok: bool) -> bool:
         got.append(p)
         return handler(p)
 
@@ -521,8 +522,96 @@ def test_read_respects_max_packets(ns: object) -> None:
             while len(got) < 5:
                 r, _, _ = select.select([div], [], [], WAIT)
                 assert r
-                assert div.read(lambda p: got.append(p) or True, max_packets=2) <= 2
+                assert div.read(lambda p, _: got.append(p) or True, max_packets=2) <= 2
             assert [p[28] for p in got] == [0, 1, 2, 3, 4]
+    finally:
+        tx.close()
+
+
+def queue_total(netns: str, queue_num: int) -> int:
+    """Packets waiting for a verdict in queue ``queue_num`` (/proc/net/netfilter/nfnetlink_queue)."""
+    text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/netfilter/nfnetlink_queue"],
+                          check=True, capture_output=True, text=True).stdout
+    for line in text.splitlines():
+        fields = line.split()
+        if int(fields[0]) == queue_num:
+            return int(fields[2])
+    return 0
+
+
+def wait_queued(netns: str, queue_num: int, n: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while queue_total(netns, queue_num) < n:  # no event says "the kernel queued n": poll
+        assert time.monotonic() < deadline, f"{queue_total(netns, queue_num)} of {n} packets queued"
+        time.sleep(0.01)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("ours_port", [7200, 7201])
+def test_one_verdict_send_per_read_and_exceptions_keep_order(ns: object, ours_port: int) -> None:
+    """Six queued datagrams read in one call get their verdicts in one send: a batch verdict for
+    the majority plus single verdicts for the rest. The kernel's datagrams reach its socket in
+    their order, the stack's never do, and nothing stays queued. 7200 gets 3 of 6 datagrams
+    (a tie: the batch drops), 7201 2 of 6 (the batch accepts)."""
+    c, s, cip = ns.client_ns, ns.server_ns, ns.client_ip  # type: ignore[attr-defined]
+    tx = udp_socket(s)
+    kernel = {port: udp_socket(c, (cip, port)) for port in (7200, 7201)}
+    order = [7201, 7200, 7201, 7200, 7200, 7200 if ours_port == 7200 else 7201]
+    try:
+        with Diverter(cip, c, handle_signals=False) as div:
+            assert div.queue_num is not None
+            div.flow_opened(17, 7200, None)
+            div.flow_opened(17, 7201, None)
+            for i, port in enumerate(order):
+                tx.sendto(bytes([i]), (cip, port))
+            wait_queued(c, div.queue_num, len(order))
+            seen: list[tuple[int, int, bool]] = []
+
+            def handler(p: bytes, csum_ok: bool) -> bool:
+                port = struct.unpack_from("!H", p, 22)[0]
+                seen.append((p[28], port, csum_ok))
+                return port == ours_port
+
+            assert div.read(handler) == len(order)
+            assert [(i, port) for i, port, _ in seen] == list(enumerate(order))
+            assert div.c["verdict_sends"] == 1 and div.c["reads"] == len(order)
+            assert queue_total(c, div.queue_num) == 0
+            mine = [i for i, port in enumerate(order) if port == ours_port]
+            assert div.c["dropped"] == len(mine) and div.c["accepted"] == len(order) - len(mine)
+            other = 7201 if ours_port == 7200 else 7200
+            kernel[other].settimeout(WAIT)
+            assert [kernel[other].recv(10)[0] for _ in range(len(order) - len(mine))] == [
+                i for i, port in enumerate(order) if port == other]
+            kernel[ours_port].setblocking(False)
+            with pytest.raises(BlockingIOError):
+                kernel[ours_port].recv(10)
+            # veth senders offload the UDP checksum: the queue hands it over unfilled, and says so
+            assert all(ok for _, _, ok in seen) and div.c["csum_not_ready"] == len(order)
+            assert div.c["errors"] == div.c["nl_errors"] == 0
+    finally:
+        tx.close()
+        for sk in kernel.values():
+            sk.close()
+
+
+@pytest.mark.lab
+def test_udp_gso_super_packet_is_dropped_not_handed_over_as_one_datagram(ns: object) -> None:
+    """A kernel sender with UDP_SEGMENT: three datagrams cross the veth as one GSO packet and the
+    queue (asked for GSO packets) hands it over whole, without the datagram bounds. Handing it
+    to the stack would make one 2500-byte datagram of three; it is dropped and counted instead."""
+    c, s, cip = ns.client_ns, ns.server_ns, ns.client_ip  # type: ignore[attr-defined]
+    tx = udp_socket(s)
+    try:
+        with Diverter(cip, c, handle_signals=False) as div:
+            assert div.queue_num is not None
+            div.flow_opened(17, 7300, None)
+            tx.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT: 1000-byte datagrams
+            tx.sendto(b"a" * 1000 + b"b" * 1000 + b"c" * 500, (cip, 7300))
+            wait_queued(c, div.queue_num, 1)
+            got: list[bytes] = []
+            assert div.read(lambda p, _: got.append(p) or True) == 1
+            assert got == [] and div.c["gso"] == 1 and div.c["gso_unsupported"] == 1 and div.c["dropped"] == 1
+            assert queue_total(c, div.queue_num) == 0
     finally:
         tx.close()
 

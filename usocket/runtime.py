@@ -476,14 +476,14 @@ class Runtime:
         if out:
             link.send_batch(out)
 
-    def _divert_handler(self, packet: bytes) -> bool:
+    def _divert_handler(self, packet: bytes, csum_ok: bool = False) -> bool:
         stack = self.stack
         assert stack is not None
         if not stack.owns_ip_packet(packet):
             return False
         if self.pcap is not None:  # packets from the queue never crossed the link: record them too
             self.pcap.write_ip(packet, time.time(), dst_mac=self.config.mac)
-        stack.receive_ip(packet, stack.now)
+        stack.receive_ip(packet, stack.now, csum_ok)
         return True
 
 

@@ -3,7 +3,8 @@
 A :class:`Stack` never touches a socket, a thread or a clock. Its edges are:
 
 - ``receive_frame(frame, now, csum_ok=False)``: an Ethernet frame from a link.
-- ``receive_ip(packet, now)``: an IPv4 packet taken from the kernel (NFQUEUE, shared mode).
+- ``receive_ip(packet, now, csum_ok=False)``: an IPv4 packet taken from the kernel (NFQUEUE,
+  shared mode); ``csum_ok`` as for frames (the queue marks partial checksums).
 - ``poll(now)``: fire due timers; ``poll_at()`` says when to call it next.
 - ``take_output()``: Ethernet frames to transmit, in order.
 
@@ -195,9 +196,9 @@ class Stack:
         self.now = now
         self.ethernet.receive(frame, csum_ok)
 
-    def receive_ip(self, packet: bytes | memoryview, now: float) -> None:
+    def receive_ip(self, packet: bytes | memoryview, now: float, csum_ok: bool = False) -> None:
         self.now = now
-        self.ipv4.receive(packet, False)
+        self.ipv4.receive(packet, csum_ok)
 
     def owns_ip_packet(self, packet: bytes | memoryview) -> bool:
         """Whether an IPv4 packet handed over by the kernel (NFQUEUE, shared mode) belongs to

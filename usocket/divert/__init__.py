@@ -4,13 +4,14 @@
   owner for its ipset of connected flows); ``cleanup``.
 - :mod:`.ipset`: the ipset netlink client that adds and deletes set members without a process.
 - :mod:`.nfqueue`: :class:`Diverter`, the stack's FlowObserver and the queue reader.
+- :mod:`.netlink`: the nfnetlink_queue messages it sends and reads (built and parsed from bytes).
 - :mod:`.ports`: :class:`KernelPortAllocator`, ports reserved with kernel sockets.
 
 Typical runtime use::
 
     div = Diverter(local_ip="198.18.1.1", netns=None).start()
     stack = Stack(cfg, flows=div, ports=KernelPortAllocator(netns=None, local_ip="198.18.1.1"))
-    # select() on div.fileno(), then div.read(handler); finally div.close()
+    # select() on div.fileno(), then div.read(handler); handler(packet, csum_ok) -> ours; finally div.close()
 """
 from __future__ import annotations
 

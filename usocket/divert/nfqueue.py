@@ -5,16 +5,30 @@ opens it adds an iptables NFQUEUE rule (:mod:`usocket.divert.rules`); the kernel
 those packets to this process instead of handing them to its own TCP/UDP, and :meth:`read`
 gives each one to a handler whose answer becomes the verdict: True (the stack's) -> DROP, so
 the kernel never answers with RST or ICMP port unreachable; False -> ACCEPT, the kernel
-handles it as if no rule existed. Packets arrive checksum-verified, GSO-segmented and
-defragmented (INPUT comes after reassembly).
+handles it as if no rule existed. Packets arrive defragmented (INPUT comes after reassembly).
 
-Built on the ``netfilterqueue`` package with two additions it lacks: the copy range is raised
-to the kernel's maximum (the package clamps it to 4016 bytes and reads with a 4 KiB buffer,
-which would cut a reassembled UDP datagram) by a NFQNL_MSG_CONFIG message sent on the
-package's own netlink socket, and packets are read with ``run_socket`` through a reader whose
-buffer holds 64 KiB. The kernel caps the copy range at 65531 bytes (NFQNL_MAX_COPY_RANGE), so
-an IPv4 packet of 65532-65535 bytes (a UDP datagram of 65504+ bytes) arrives cut short: it
-is counted as ``truncated`` and still handed over (its IPv4 total length exceeds its size).
+The queue is read directly over a netlink socket (:mod:`usocket.divert.netlink` builds and
+parses the messages; no libnetfilter_queue). It asks for GSO packets (NFQA_CFG_F_GSO): a
+64 KB TCP super-packet that a veth peer or GRO made is queued as one message instead of ~45
+segments, and its TCP/UDP checksum is left as the sender's partial sum; the kernel says so in
+NFQA_SKB_INFO (NFQA_SKB_CSUMNOTREADY) and the handler is told not to verify it (the same
+``csum_ok`` the AF_PACKET link gives for TP_STATUS_CSUMNOTREADY). Other packets arrive with the
+checksum as on the wire and the stack verifies it. A kernel that refuses the flag gets a queue
+without it (segmented packets, checksums completed). Limit: a UDP-GSO super-packet (a sender
+on the same host using UDP_SEGMENT through a veth) also arrives whole, and its boundaries
+between datagrams are not in the message (the kernel does not pass gso_size); it is dropped and
+counted (``gso_unsupported``). Only TCP super-packets are handed over.
+
+:meth:`read` reads up to its budget of messages per call (one ``recv_into`` each, into one
+reused buffer), hands each packet over, then sends all verdicts in one ``sendto``: one
+NFQNL_MSG_VERDICT_BATCH with the majority verdict up to the last id, preceded by single
+verdicts for the exceptions.
+
+The copy range is the kernel's maximum: it caps it at 65531 bytes (NFQNL_MAX_COPY_RANGE), so
+an IPv4 packet of 65532-65535 bytes (a UDP datagram of 65504+ bytes) arrives cut short: it is
+counted as ``truncated`` (the kernel adds NFQA_CAP_LEN) and still handed over (its IPv4 total
+length exceeds its size). TCP super-packets stay below that (the kernel's GSO size goal is
+64 KiB minus room for headers).
 
 Fail-open: the rules carry ``--queue-bypass``, so a dead or absent reader never black-holes
 anything. ``fail_open=True`` additionally sets NFQA_CFG_F_FAIL_OPEN (a live reader whose queue
@@ -45,80 +59,24 @@ from typing import Any
 from .. import _stdsocket as socket  # the kernel's module even after the hijacker swaps sys.modules["socket"]
 from ..netns import run_in_netns
 from ..stack import FlowObserver
+from . import netlink as nl
 from . import rules as _rules
+from .netlink import config_message
 from .rules import FlowRules, Remote
 
-Handler = Callable[[bytes], bool]
+Handler = Callable[[bytes, bool], bool]
 
-# nfnetlink / nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h)
-NFNL_SUBSYS_QUEUE = 3
-NFQNL_MSG_CONFIG = 2
-NFQA_CFG_PARAMS = 2
-NFQA_CFG_QUEUE_MAXLEN = 3
-NFQA_CFG_MASK = 4
-NFQA_CFG_FLAGS = 5
-NFQA_CFG_F_FAIL_OPEN = 1
-NFQNL_COPY_PACKET = 2
-NLMSG_ERROR = 2
-NLM_F_REQUEST = 1
-NLM_F_ACK = 4
-_CONFIG_SEQ = 0x75730001
+__all__ = ["RECV_BUFFER", "Diverter", "Handler", "config_message", "default_queue_num", "install_sigterm_handler"]
+
 RECV_BUFFER = 65535 + 4096  # a whole 64 KiB packet plus the netlink/NFQA headers
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    attr = struct.pack("=HH", 4 + len(payload), kind) + payload
-    return attr + b"\0" * (-len(attr) % 4)
-
-
-def config_message(queue_num: int, copy_range: int, max_len: int, flags: int = 0, mask: int = 0,
-                   seq: int = _CONFIG_SEQ) -> bytes:
-    """A NFQNL_MSG_CONFIG request (with ACK) setting copy mode/range, queue length and flags."""
-    body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue_num)  # nfgenmsg: family, version, res_id
-    body += _nla(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
-    body += _nla(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", max_len))
-    if mask:
-        body += _nla(NFQA_CFG_MASK, struct.pack("!I", mask)) + _nla(NFQA_CFG_FLAGS, struct.pack("!I", flags))
-    msg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
-    return struct.pack("=IHHII", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+SO_RCVBUFFORCE = 33  # linux/asm-generic/socket.h (root may exceed net.core.rmem_max)
+_SEQ = 0x75730001
+IPPROTO_TCP = 6
 
 
 def default_queue_num(pid: int) -> int:
     """First queue number tried by process ``pid`` (1024..65023, spread by pid)."""
     return 1024 + pid % 64000
-
-
-class _Reader:
-    """What ``NetfilterQueue.run_socket`` reads from: a 64 KiB ``recv`` with a packet budget.
-
-    ``run_socket`` calls ``recv`` until it raises EAGAIN; we also raise it when the budget of
-    the current :meth:`Diverter.read` is spent, so one call never starves the stack's timers.
-    """
-
-    def __init__(self, sock: socket.socket, counters: dict[str, int]) -> None:
-        self.sock = sock
-        self.c = counters
-        self.buf = bytearray(RECV_BUFFER)
-        self.view = memoryview(self.buf)
-        self.budget = 0
-        self.pending: deque[bytes] = deque()  # messages read while waiting for a config ACK
-        self.stopped = False
-
-    def recv(self, _bufsize: int) -> bytes:
-        if self.budget <= 0 or self.stopped:
-            raise BlockingIOError(errno.EAGAIN, "budget spent")
-        self.budget -= 1
-        if self.pending:
-            return self.pending.popleft()
-        while True:
-            try:
-                n = self.sock.recv_into(self.buf, RECV_BUFFER, socket.MSG_DONTWAIT)
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:  # the kernel dropped messages: socket overran
-                    self.c["enobufs"] += 1
-                    continue
-                raise
-            return bytes(self.view[:n])
 
 
 _live: weakref.WeakSet[Diverter] = weakref.WeakSet()  # for the process-wide SIGTERM handler
@@ -169,7 +127,12 @@ class Diverter(FlowObserver):
     Counters (``self.c``; the runtime may pass ``stack.counters.layer("divert")``): ``rx``
     packets in, ``dropped`` (ours), ``accepted`` (not ours), ``errors`` (handler raised:
     accepted), ``enobufs`` (kernel dropped queue messages), ``truncated`` (over the copy range),
-    ``rules.errors`` (a rule deletion failed at close).
+    ``gso`` (packets that came as one GSO super-packet), ``gso_unsupported`` (a GSO packet that
+    is not TCP: dropped), ``csum_not_ready`` (partial checksum: not verified by the stack),
+    ``reads`` (netlink messages read), ``verdict_sends`` (verdict sends, one per :meth:`read`
+    with packets), ``nl_errors`` (error replies from the kernel, malformed messages, a failed
+    verdict send), ``rules.errors`` (a rule deletion failed at close). ``gso=False`` asks the
+    kernel for wire-size packets with completed checksums instead of GSO packets.
     """
 
     rules_class = FlowRules
@@ -177,7 +140,7 @@ class Diverter(FlowObserver):
 
     def __init__(self, local_ip: str | bytes, netns: str | None = None, *, queue_num: int | None = None,
                  max_queue_len: int = 8192, rcvbuf: int = 16 << 20, copy_range: int = 65535,
-                 fail_open: bool = False, handle_signals: bool = True,
+                 fail_open: bool = False, gso: bool = True, handle_signals: bool = True,
                  counters: dict[str, int] | None = None) -> None:
         self.local_ip = local_ip if isinstance(local_ip, str) else socket.inet_ntoa(local_ip)
         self.netns = netns
@@ -186,25 +149,28 @@ class Diverter(FlowObserver):
         self.rcvbuf = rcvbuf
         self.copy_range = copy_range
         self.fail_open = fail_open
+        self.gso = gso
         self.handle_signals = handle_signals
         self.c: dict[str, int] = counters if counters is not None else defaultdict(int)
         self.queue_num: int | None = None
         self.rules: FlowRules | None = None
         self.last_error: BaseException | None = None
-        self._nfq: Any = None
         self._sock: socket.socket | None = None
-        self._reader: _Reader | None = None
-        self._handler: Handler | None = None
+        self._buf = bytearray(RECV_BUFFER)
+        self._pending: deque[bytes] = deque()  # messages read while waiting for a config ACK
+        self._seq = _SEQ
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._closed = False
+        self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> Diverter:
         """Remove dead owners' rules, bind a queue in ``netns``, create the chain and jump."""
         with self._lock:
-            if self._nfq is not None or self._closed:
+            if self._started or self._closed:
                 raise RuntimeError("Diverter already started" if not self._closed else "Diverter closed")
+            self._started = True
             _rules.cleanup(self.netns)
             run_in_netns(self.netns, self._open_queue)
             assert self.queue_num is not None
@@ -228,47 +194,67 @@ class Diverter(FlowObserver):
 
     def _open_queue(self) -> None:
         """Runs inside ``netns``: open the netlink socket and bind the first free queue."""
-        from netfilterqueue import NetfilterQueue
-
-        nfq = NetfilterQueue()
-        last: OSError | None = None
-        for q in self._queue_candidates():
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+        try:
+            sock.bind((0, 0))
             try:
-                nfq.bind(q, self._on_packet, max_len=self.max_queue_len, sock_len=self.rcvbuf)
-            except OSError as exc:  # EBUSY: another process owns this queue number
-                last = exc
-                continue
-            sock = socket.socket(fileno=os.dup(nfq.get_fd()))
-            try:
-                self._reader = _Reader(sock, self.c)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
+            except OSError:  # not CAP_NET_ADMIN: capped by net.core.rmem_max
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            last: OSError | None = None
+            for q in self._queue_candidates():
+                try:
+                    self._request(sock, nl.bind_message(q, self._next_seq()))
+                except OSError as exc:  # EPERM: another process owns this queue number
+                    last = exc
+                    continue
                 self._configure(sock, q)
-            except BaseException:
-                sock.close()
-                nfq.unbind()
-                raise
-            self._nfq, self._sock, self.queue_num = nfq, sock, q
-            return
-        raise OSError(errno.EBUSY, f"no free NFQUEUE number ({last})")
+                self._sock, self.queue_num = sock, q
+                return
+            raise OSError(errno.EBUSY, f"no free NFQUEUE number ({last})")
+        except BaseException:
+            sock.close()
+            raise
 
-    def _configure(self, sock: socket.socket, queue_num: int) -> None:
-        """Raise the copy range past the package's 4016-byte limit (and set flags); wait for ACK."""
-        mask = NFQA_CFG_F_FAIL_OPEN
-        flags = NFQA_CFG_F_FAIL_OPEN if self.fail_open else 0
-        sock.sendto(config_message(queue_num, self.copy_range, self.max_queue_len, flags, mask), (0, 0))
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _request(self, sock: socket.socket, message: bytes) -> None:
+        """Send a request that asks an ACK and wait for it; raise the kernel's error."""
+        seq = struct.unpack_from("=I", message, 8)[0]
+        sock.sendto(message, (0, 0))
         sock.settimeout(2.0)
         try:
             while True:
                 data = sock.recv(RECV_BUFFER)
-                _, kind, _, seq, _ = struct.unpack_from("=IHHII", data)
-                if kind == NLMSG_ERROR and seq == _CONFIG_SEQ:
-                    (err,) = struct.unpack_from("=i", data, 16)
-                    if err:
-                        raise OSError(-err, f"NFQUEUE config: {os.strerror(-err)}")
-                    return
-                assert self._reader is not None
-                self._reader.pending.append(data)  # a packet already: hand it over later
+                messages = nl.parse(data)
+                for msg in messages:
+                    if msg.kind == nl.NLMSG_ERROR and msg.seq == seq:
+                        if msg.error:
+                            raise OSError(-msg.error, f"NFQUEUE config: {os.strerror(-msg.error)}")
+                        return
+                if any(m.kind == nl.MSG_PACKET for m in messages):
+                    self._pending.append(data)  # a packet already: hand it over later
         finally:
             sock.settimeout(None)
+
+    def _configure(self, sock: socket.socket, queue_num: int) -> None:
+        """Copy mode/range, queue length, flags: GSO packets whole (when ``gso``; without it if
+        the kernel refuses the flag) and fail-open."""
+        flags = nl.NFQA_CFG_F_FAIL_OPEN if self.fail_open else 0
+        if self.gso:
+            try:
+                self._request(sock, config_message(queue_num, self.copy_range, self.max_queue_len,
+                                                   flags | nl.NFQA_CFG_F_GSO,
+                                                   nl.NFQA_CFG_F_FAIL_OPEN | nl.NFQA_CFG_F_GSO, self._next_seq()))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise
+                self.gso = False
+        self._request(sock, config_message(queue_num, self.copy_range, self.max_queue_len, flags,
+                                           nl.NFQA_CFG_F_FAIL_OPEN, self._next_seq()))
 
     def close(self) -> None:
         """Remove every rule of this diverter, unbind the queue. Idempotent, any thread."""
@@ -276,8 +262,6 @@ class Diverter(FlowObserver):
             if self._closed:
                 return
             self._closed = True
-            if self._reader is not None:
-                self._reader.stopped = True
             if os.getpid() == self._pid:  # a forked child must not remove its parent's rules
                 if self.rules is not None:
                     try:
@@ -285,12 +269,13 @@ class Diverter(FlowObserver):
                     except Exception as exc:  # noqa: BLE001 - closing must go on
                         self.c["rules.errors"] += 1
                         self.last_error = exc
-                if self._nfq is not None:
-                    with contextlib.suppress(Exception):
-                        self._nfq.unbind()
+                if self._sock is not None and self.queue_num is not None:
+                    with contextlib.suppress(Exception):  # closing the socket unbinds too
+                        self._sock.sendto(nl.bind_message(self.queue_num, self._next_seq(),
+                                                          nl.NFQNL_CFG_CMD_UNBIND), (0, 0))
             if self._sock is not None:
                 self._sock.close()
-            self._nfq = self._sock = None
+            self._sock = None
         _live.discard(self)
         atexit.unregister(self.close)
 
@@ -318,45 +303,86 @@ class Diverter(FlowObserver):
     def read(self, handler: Handler, max_packets: int = 64) -> int:
         """Give up to ``max_packets`` queued packets to ``handler`` without blocking.
 
-        ``handler(packet)`` gets the IPv4 packet and returns True if the stack owns it (the
-        kernel never sees it) or False (the kernel gets it). Returns the number of packets.
+        ``handler(packet, csum_ok)`` gets the IPv4 packet (``csum_ok`` True: its TCP/UDP
+        checksum field holds only the sender's partial sum, offloaded, so it must not be
+        verified) and returns True if the stack owns it (the kernel never sees it) or False (the
+        kernel gets it). Returns the number of packets. The verdicts of all packets read go to
+        the kernel in one send at the end (see :func:`usocket.divert.netlink.verdicts_message`),
+        also when ``handler`` raises. A :meth:`close` from a signal handler of this thread ends
+        the loop at the next packet.
         """
         with self._lock:
-            if self._nfq is None or self._reader is None:
+            sock = self._sock
+            if sock is None or self.queue_num is None:
                 return 0
-            before = self.c["rx"]
-            self._handler = handler
-            self._reader.budget = max_packets
-            self._nfq.run_socket(self._reader)
-            return self.c["rx"] - before
+            c = self.c
+            buf = self._buf
+            verdicts: list[tuple[int, bool]] = []
+            try:
+                while len(verdicts) < max_packets and not self._closed:
+                    if self._pending:
+                        messages = nl.parse(self._pending.popleft())
+                    else:
+                        try:
+                            n = sock.recv_into(buf, RECV_BUFFER, socket.MSG_DONTWAIT)
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            if exc.errno == errno.ENOBUFS:  # the kernel dropped messages: socket overran
+                                c["enobufs"] += 1
+                                continue
+                            raise
+                        messages = nl.parse(buf, n)
+                    c["reads"] += 1
+                    for msg in messages:
+                        if msg.kind == nl.MSG_PACKET:
+                            verdicts.append((msg.packet_id, self._give(handler, msg, verdicts)))
+                        elif msg.error or msg.kind == nl.MALFORMED:
+                            c["nl_errors"] += 1  # a verdict the kernel refused, or garbage
+            finally:
+                if verdicts:
+                    self._send_verdicts(sock, verdicts)
+            return len(verdicts)
 
-    def _on_packet(self, pkt: Any) -> None:
-        """netfilterqueue callback: one packet in, exactly one verdict out."""
-        self.c["rx"] += 1
-        ours = False
+    def _give(self, handler: Handler, msg: nl.Message, verdicts: list[tuple[int, bool]]) -> bool:
+        """One packet to ``handler``: True if it is the stack's."""
+        c = self.c
+        c["rx"] += 1
+        info = msg.skb_info
+        if info:
+            if info & nl.NFQA_SKB_GSO:
+                c["gso"] += 1
+            if info & nl.NFQA_SKB_CSUMNOTREADY:
+                c["csum_not_ready"] += 1
+        if msg.cap_len:
+            c["truncated"] += 1
         try:
-            handler = self._handler
-            data = pkt.get_payload()
-            if len(data) >= 4 and (data[2] << 8 | data[3]) > len(data):
-                self.c["truncated"] += 1
-            ours = bool(handler(data)) if handler is not None else False
+            payload = msg.payload
+            if payload is None:
+                return False
+            if info & nl.NFQA_SKB_GSO and (len(payload) < 20 or payload[9] != IPPROTO_TCP):
+                c["gso_unsupported"] += 1  # UDP-GSO: datagram bounds unknown here (see module doc)
+                return True
+            return bool(handler(bytes(payload), bool(info & nl.NFQA_SKB_CSUMNOTREADY)))
         except Exception as exc:  # noqa: BLE001 - bad input never kills the stack
-            self.c["errors"] += 1
+            c["errors"] += 1
             self.last_error = exc
-            ours = False
-        except BaseException:  # KeyboardInterrupt...: still give the packet a verdict
-            with contextlib.suppress(Exception):
-                pkt.accept()
+            return False
+        except BaseException:  # KeyboardInterrupt...: still give the packet a verdict (ACCEPT)
+            verdicts.append((msg.packet_id, False))
             raise
+
+    def _send_verdicts(self, sock: socket.socket, verdicts: list[tuple[int, bool]]) -> None:
+        assert self.queue_num is not None
+        ours = sum(1 for _, o in verdicts if o)
+        self.c["dropped"] += ours
+        self.c["accepted"] += len(verdicts) - ours
         try:
-            if ours:
-                pkt.drop()
-                self.c["dropped"] += 1
-            else:
-                pkt.accept()
-                self.c["accepted"] += 1
-        except RuntimeError:  # queue unbound meanwhile (closed from a signal handler)
-            self.c["errors"] += 1
+            sock.sendto(nl.verdicts_message(self.queue_num, verdicts), (0, 0))
+            self.c["verdict_sends"] += 1
+        except OSError as exc:  # closed meanwhile, or refused: the packets stay queued until unbind
+            self.c["nl_errors"] += 1
+            self.last_error = exc
 
     # -- FlowObserver ---------------------------------------------------------------------------
     def flow_opened(self, proto: int, local_port: int, remote: Remote) -> None:
