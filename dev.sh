@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES="iptables libnetfilter-queue-dev iproute2 ethtool tcpdump tshark nginx-light dnsmasq-base curl procps gcc python3-dev openssl wrk p0f"
+APT_PACKAGES="iptables iproute2 ethtool tcpdump tshark nginx-light dnsmasq-base curl procps gcc python3-dev openssl wrk p0f"
 
 setup_apt() {
     local missing=()

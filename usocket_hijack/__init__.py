@@ -10,7 +10,7 @@ How a process is hijacked (:func:`install`):
   program that never imports ``socket`` never loads the stack. At the first ``import socket``
   (or at once, when ``socket`` was imported before :func:`install`) the hook *activates*: it
   imports the stdlib ``socket``, ``usocket`` and the edges the stack needs at start (scapy's
-  link socket, netfilterqueue) with the stdlib module in ``sys.modules``, then makes
+  link socket, the NFQUEUE reader) with the stdlib module in ``sys.modules``, then makes
   ``sys.modules["socket"]`` the ``usocket`` module. ``_socket`` is never touched (``_ssl`` and C
   extensions use it); usocket's own code reaches the kernel's module as ``usocket._stdsocket``.
 * Modules imported before activation are *rebound*: every module global that is the stdlib
@@ -66,7 +66,7 @@ __all__ = ["HijackOptions", "install", "uninstall", "installed", "active", "rebi
 INJECT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inject")
 
 # Modules whose globals are never rebound: they need the kernel's socket module.
-KEEP_PREFIXES = ("usocket", "usocket_hijack", "scapy", "netfilterqueue", "socket", "_socket",
+KEEP_PREFIXES = ("usocket", "usocket_hijack", "scapy", "socket", "_socket",
                  "importlib", "_frozen_importlib")
 
 
@@ -160,10 +160,10 @@ def _activate() -> types.ModuleType:
             # What the runtime imports lazily at start: load it now, with the kernel's socket
             # module in sys.modules (scapy asks the kernel about interfaces at import).
             for name in ("usocket.runtime", "usocket.link.packet", "usocket.link.bpf", "usocket.link.pcap",
-                         "usocket.divert", "scapy.arch.linux", "scapy.interfaces", "netfilterqueue"):
+                         "usocket.divert", "scapy.arch.linux", "scapy.interfaces"):
                 try:
                     importlib.import_module(name)
-                except ImportError:  # netfilterqueue is needed in shared mode only: said at start
+                except ImportError:  # a broken install: said when the stack starts
                     pass
             _state.usocket = usocket
             rebind_modules(std, usocket)
@@ -423,7 +423,7 @@ def _package_dirs() -> list[str]:
     import importlib.util
 
     dirs: list[str] = []
-    for name in ("usocket", "usocket_hijack", "scapy", "netfilterqueue"):
+    for name in ("usocket", "usocket_hijack", "scapy"):
         if name in sys.modules:
             spec = sys.modules[name].__spec__
         else:
