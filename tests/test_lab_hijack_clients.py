@@ -201,7 +201,8 @@ def test_urllib_and_http_client_by_name(lab: Lab, mode: str, tmp_path: Path) -> 
     body_file.write_bytes(body)
     before = len(lab.dns_queries())
     script = _script(tmp_path, "stdlib_http.py", STDLIB_HTTP)
-    with lab.capture(lab.server_ns, lab.server_if, "tcp port 80") as pcap:
+    # headers and requests only (a full capture of 17 MiB at veth speed may drop packets)
+    with lab.capture(lab.server_ns, lab.server_if, "tcp port 80", snaplen=400) as pcap:
         out, tcp = _run(lab, mode, [script, lab.server_name, str(body_file)])
     assert out["module"] == "usocket"
     assert out["gethostbyname"] == lab.server_ip
@@ -324,7 +325,7 @@ def test_requests_session_reuses_one_connection(lab: Lab, mode: str, tmp_path: P
     lab.block_kernel_egress()
     paths = ["/1m.bin", "/index.html", "/1k.bin", "/16m.bin", "/1m.bin"]
     script = _script(tmp_path, "session.py", REQUESTS_SESSION)
-    with lab.capture(lab.server_ns, lab.server_if, "tcp port 80") as pcap:
+    with lab.capture(lab.server_ns, lab.server_if, "tcp port 80", snaplen=400) as pcap:
         out, tcp = _run(lab, mode, [script, lab.server_name, *paths])
     assert out["module"] == "usocket"
     for i, path in enumerate(paths):
@@ -457,7 +458,7 @@ def test_client_closes_first_no_rst(lab: Lab, close_mode: str, tmp_path: Path) -
     exchange, as a program on the kernel's sockets would not."""
     lab.block_kernel_egress()
     script = _script(tmp_path, "closes.py", CLOSES)
-    with lab.capture(lab.server_ns, lab.server_if, "tcp") as pcap:
+    with lab.capture(lab.server_ns, lab.server_if, "tcp", snaplen=400) as pcap:
         out, tcp = _run(lab, close_mode, [script, lab.server_name])
     expected = {"urllib /1m.bin", "urllib /index.html", "http.client /1k.bin", "http.client /1m.bin",
                 "http.client /index.html", "requests /16m.bin", "requests /1k.bin"}

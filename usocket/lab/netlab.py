@@ -617,8 +617,11 @@ http {{
     # -- capture ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def capture(self, ns: str, iface: str, bpf_filter: str = "", path: str | None = None,
-                settle: float = 0.05) -> Iterator[str]:
+                settle: float = 0.05, snaplen: int = 0, buffer_kib: int = 32768) -> Iterator[str]:
         """tcpdump on ``iface`` in ``ns`` while the block runs; yields the pcap path.
+
+        ``snaplen`` bytes of each packet are kept (0: all); ``buffer_kib`` is tcpdump's kernel
+        buffer (a small one drops packets of a fast transfer: 64 KB GSO packets fill it quickly).
 
         Capturing has started when the block is entered. On exit the capture waits until the file
         stopped growing for ``settle`` seconds (at most 2 s), then stops tcpdump, so the file holds
@@ -628,7 +631,8 @@ http {{
         if path is None:
             fd, path = tempfile.mkstemp(prefix=f"{ns}-{iface}-", suffix=".pcap", dir=self.tmpdir or None)
             os.close(fd)
-        argv = ["tcpdump", "-i", iface, "-w", path, "-U", "--immediate-mode", "-n", "-s", "0", "-Z", "root"]
+        argv = ["tcpdump", "-i", iface, "-w", path, "-U", "--immediate-mode", "-n", "-s", str(snaplen),
+                "-B", str(buffer_kib), "-Z", "root"]
         argv += shlex.split(bpf_filter)
         proc = self.popen(ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert proc.stderr is not None
