@@ -791,7 +791,7 @@ class BusyPorts(PortAllocator):
         super().__init__((49152, 65535), random.Random(3))
         self.busy = busy
 
-    def claim(self, proto: int, port: int, explicit: bool) -> bool:
+    def claim(self, proto: int, port: int, explicit: bool, reuse_addr: bool = False) -> bool:
         if port in self.busy:
             if explicit:
                 raise OSError(errno.EADDRINUSE, "Address already in use")

@@ -612,6 +612,31 @@ class TestListenAccept:
         s.listen()
         assert s.getsockname()[1] != 0
 
+    def test_queued_connections_in_order_and_reset_when_the_listener_closes(self, net: Net) -> None:
+        """Connections established before accept() come out oldest first (the facade makes
+        their pairs ahead of accept()); one nobody accepted is reset when the listener closes,
+        while accepted ones live on."""
+        lst = net.listener(8)
+        lst.settimeout(T)
+        clients = [net.sock() for _ in range(3)]
+        for c in clients:
+            c.settimeout(T)
+            c.connect(lst.getsockname())
+        assert readable(lst, T)
+        a, addr = net.accept(lst)
+        a2, addr2 = net.accept(lst)
+        assert (addr, addr2) == (clients[0].getsockname(), clients[1].getsockname())
+        assert a.getpeername() == addr and a2.getpeername() == addr2
+        lst.close()
+        with pytest.raises(ConnectionResetError):
+            clients[2].recv(1)
+        a2.sendall(b"x")
+        assert clients[1].recv(1) == b"x"
+        clients[0].sendall(b"y")
+        assert a.recv(1) == b"y"
+        if net.userland:  # the never-accepted connection's descriptor was closed, not leaked
+            assert not lst._b.ready and not lst._b.taken
+
     def test_accept_returns_the_peer(self, net: Net) -> None:
         lst = net.listener()
         lst.settimeout(T)

@@ -101,7 +101,7 @@ class RecordingPorts(PortAllocator):
         self.claimed: list[int] = []
         self.released: list[int] = []
 
-    def claim(self, proto: int, port: int, explicit: bool) -> bool:
+    def claim(self, proto: int, port: int, explicit: bool, reuse_addr: bool = False) -> bool:
         if 7000 <= port < 7010:
             if explicit:
                 raise OSError(errno.EADDRINUSE, "Address already in use")

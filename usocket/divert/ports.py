@@ -121,9 +121,11 @@ class KernelPortAllocator(PortAllocator):
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
-    def claim(self, proto: int, port: int, explicit: bool) -> bool:
+    def claim(self, proto: int, port: int, explicit: bool, reuse_addr: bool = False) -> bool:
         """Reserve ``port`` with a kernel socket. False (ephemeral) or EADDRINUSE (explicit)
-        when a kernel program holds it; other bind errors propagate for explicit claims."""
+        when a kernel program holds it; other bind errors propagate for explicit claims.
+        ``reuse_addr``: the stack's socket has SO_REUSEADDR, so connections the kernel holds in
+        TIME_WAIT on the port do not block it (the kernel's own bind check)."""
         key = (proto, port)
         entry = self.held.get(key)
         if entry is not None:
@@ -132,7 +134,7 @@ class KernelPortAllocator(PortAllocator):
         if proto not in SOCK_TYPES:
             return True  # nothing to reserve for other protocols
         try:
-            sock = self.reserve(proto, port)
+            sock = self.reserve(proto, port, reuse_addr)
         except OSError as exc:
             if not explicit:
                 return False
@@ -167,13 +169,21 @@ class KernelPortAllocator(PortAllocator):
             pool.extend(run_in_netns(self.netns, make))
         return pool.pop()
 
-    def reserve(self, proto: int, port: int) -> socket.socket:
-        """Bind a reservation socket to ``port`` (override to tune)."""
+    def reserve(self, proto: int, port: int, reuse_addr: bool = False) -> socket.socket:
+        """Bind a reservation socket to ``port`` (override to tune). With ``reuse_addr`` the bind
+        has SO_REUSEADDR (TIME_WAIT connections of the kernel's do not block it), which is
+        turned off again once bound, so that kernel programs still cannot bind the port."""
         sock = self.new_socket(proto)
         try:
             if proto == 17:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)  # kernel minimum
-            sock.bind((self.local_ip, port))
+            if reuse_addr:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.local_ip, port))
+            finally:
+                if reuse_addr:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         except OSError:
             self.spare[proto].append(sock)  # still unbound: reusable
             raise

@@ -21,13 +21,20 @@ itself is "neither readable nor writable" (a socket that is not connected yet, o
 the application end is created with :data:`FILLER` bytes already written into it and not read
 (so its send buffer is beyond the writability threshold); the bridge reads and discards them when
 the connection is established (or fails). A listener keeps its filler, and is readable when the
-bridge has written one token byte per connection waiting in its accept queue.
+bridge has written one token byte per connection waiting in its accept queue: the bridge makes
+each such connection's pair and bridge ahead of ``accept()`` (``StreamBridge.ready``), so that
+``accept()`` takes one without a round trip to the stack thread.
+
+Creating a socket and a connect() that waits for its outcome do not wait for the stack thread
+either: the new bridge is built in the calling thread and the stack thread's part (watching the
+pair, sending the SYN) is posted with ``Runtime.call_soon``, whose queue runs in order.
 
 The stack thread never touches an application descriptor (the application may close it and the
 number be reused at any time): everything it does goes through its own end.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import os
@@ -41,7 +48,7 @@ from typing import Any
 
 from ..proto.tcp.connection import CLOSED, LISTEN, TcpConnection
 from ..proto.udp import UdpEndpoint
-from ..runtime import Runtime
+from ..runtime import Runtime, RuntimeStopped
 
 CHUNK = 256 * 1024  # bytes moved per read/write of a pair end
 PULL_LIMIT = 1 << 20  # bytes taken from one application per wakeup (fairness between sockets)
@@ -56,14 +63,19 @@ def filler_size(sock: _socket.socket) -> int:
     return sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) // 4 + 4096
 
 
+_zeros: dict[int, bytes] = {}  # filler size -> that many zero bytes (made once, not per socket)
+
+
 def write_filler(app: _socket.socket) -> int:
     """Make ``app`` (the application end) unwritable; returns the bytes written."""
     n = filler_size(app)
     sent = 0
-    chunk = b"\0" * n
+    chunk = _zeros.get(n)
+    if chunk is None:
+        chunk = _zeros[n] = b"\0" * n
     while sent < n:
         try:
-            sent += app.send(chunk[: n - sent], _DONTWAIT)
+            sent += app.send(chunk if not sent else memoryview(chunk)[: n - sent], _DONTWAIT)
         except BlockingIOError:
             break
     return sent
@@ -150,16 +162,26 @@ class Bridge:
         self.gone = False  # stack end closed: the application closed its end or the runtime stopped
         self.error = 0  # an error for the application (SO_ERROR), taken once
 
-    def attach(self) -> None:
-        """Start watching the stack end (stack thread)."""
-        self.mask = self.wanted()
-        self.rt.watch(self.fd, self.mask, self.on_events)
+    def register(self) -> None:
+        """Enter the registry and make sure the runtime's stop releases the bridge (any thread)."""
         registry.add(self)
         rt = self.rt
         if id(rt) not in _stop_hooked:
             _stop_hooked.add(id(rt))
             rt.on_stop(lambda: _release_all(rt))
             rt.on_finish(lambda: _close_all(rt))
+
+    def watch(self) -> None:
+        """Start watching the stack end (stack thread)."""
+        if self.gone:
+            return
+        self.mask = self.wanted()
+        self.rt.watch(self.fd, self.mask, self.on_events)
+
+    def attach(self) -> None:
+        """Start watching the stack end, registered (stack thread)."""
+        self.register()
+        self.watch()
 
     def wanted(self) -> int:
         return 0  # EPOLLHUP and EPOLLERR are always reported
@@ -204,6 +226,7 @@ class FacadeConnection(TcpConnection):
     close or reset this very connection."""
 
     bridge: StreamBridge | None = None
+    accepted_ahead = False  # its pair and bridge were made by its listener's bridge
 
     def _kick(self, what: int) -> None:
         b = self.bridge
@@ -252,6 +275,11 @@ class StreamBridge(Bridge):
         self.tx_done = False  # EOF read from the application (our FIN is queued)
         self.app_rd_shut = False  # the application did shutdown(SHUT_RD)
         self.tokens = 0  # listener: token bytes written for the accept queue
+        self.owed = 0  # listener: ready entries whose token byte the pair has not taken yet
+        # listener: accepted-ahead children, (application fd, connection), one token each;
+        # children the application took from it, for finish_accept (both: any thread)
+        self.ready: collections.deque[tuple[int, FacadeConnection]] = collections.deque()
+        self.taken: collections.deque[FacadeConnection] = collections.deque()
         self.todo = 0  # connection events noted by the hooks, handled by service()
         self.kicked = False
 
@@ -281,6 +309,23 @@ class StreamBridge(Bridge):
         self.update()
         self.connect_unreported = False  # connected with no connect() call having seen it (Linux SS_CONNECTING)
 
+    def release(self) -> None:
+        super().release()
+        self.close_ready()
+
+    def close_ready(self) -> None:
+        """Close the application ends of a listener's accepted-ahead connections nobody took
+        (their bridges see EPOLLHUP and close the connections)."""
+        while self.ready:
+            try:
+                fd, _ = self.ready.popleft()
+            except IndexError:
+                break
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     # -- interest --------------------------------------------------------------------------
     def wanted(self) -> int:
         m = 0
@@ -308,6 +353,19 @@ class StreamBridge(Bridge):
         self.filler += refill
         self.failed = False
         self.stack.tcp.connect(self.conn, ip, port)  # raises EISCONN, EALREADY, ENETUNREACH...
+
+    def start_connect_soon(self, ip: bytes, port: int) -> None:
+        """:meth:`start_connect` posted by a connect() that waits for the outcome anyway (no
+        round trip): an error it raises fails the attempt as a refused one does (the socket
+        becomes writable, the error is the one connect() then raises)."""
+        if self.gone:
+            return
+        try:
+            self.start_connect(ip, port, 0)
+        except OSError as e:
+            self.failed = True
+            self.error = e.errno or errno.EIO
+            self.drain_filler()
 
     def connect_status(self) -> bool | None:
         """True: established; None: in progress; raises the error of a failed attempt."""
@@ -340,43 +398,73 @@ class StreamBridge(Bridge):
         self.sync_tokens()
 
     def sync_tokens(self) -> None:
-        """Listener: one token byte in the pair per connection waiting to be accepted."""
-        want = len(self.conn.accept_queue)
-        if want > self.tokens and not self.gone:
+        """Listener: each connection that enters the accept queue gets its pair and bridge
+        here, on the stack thread, ahead of accept(); then ``(application fd, connection)``
+        goes to :attr:`ready` and one token byte into the pair, so that the listener is
+        readable and ``accept()`` takes a token and a ready entry without a round trip to
+        the stack thread (it posts :meth:`finish_accept`). The connection stays in the
+        layer's accept queue (backlog, ``ss``, aborted when the listener closes) until then."""
+        if self.gone or self.conn.state != LISTEN:
+            return
+        for child in self.conn.accept_queue:
+            if not isinstance(child, FacadeConnection) or child.accepted_ahead:
+                continue
+            child.accepted_ahead = True
+            app, end, ino = _pair(_socket.SOCK_STREAM)
+            bridge = StreamBridge(self.rt, end, ino, child, 0)
+            bridge.connected = True
+            bridge.attach()
+            bridge.push()
+            bridge.pull()
+            if child.state == CLOSED:
+                bridge.conn_ended()
+            bridge.update()
+            self.ready.append((app.detach(), child))
+            self.owed += 1
+        self.pay_tokens()
+
+    def pay_tokens(self) -> None:
+        """The token bytes owed for :attr:`ready` entries (after them: a token read finds its
+        entry), in one write; what the pair does not take is retried at the next call."""
+        if self.owed and not self.gone:
             try:
-                self.tokens += self.end.send(b"\0" * (want - self.tokens), _DONTWAIT)
+                sent = self.end.send(b"\0" * self.owed, _DONTWAIT)
             except OSError:
-                pass
+                return
+            self.owed -= sent
+            self.tokens += sent
+
+    def finish_accept(self) -> None:
+        """The application took connections from :attr:`ready`: out of the accept queue
+        (in order: the queue's oldest are the ones taken first)."""
+        taken = self.taken
+        layer = self.stack.tcp
+        while taken:
+            child = taken.popleft()
+            self.tokens -= 1
+            queue = self.conn.accept_queue
+            if queue and queue[0] is child and self.conn.state == LISTEN:
+                layer.accept(self.conn)
+            elif child in queue:
+                queue.remove(child)
+                child.parent = None
+        self.pay_tokens()
+
+    def drop_ready(self) -> None:
+        """The listener goes away: accepted-ahead connections nobody took are closed (their
+        application ends closed: the bridges see EPOLLHUP and close them)."""
+        self.finish_accept()
+        self.close_ready()
 
     def stop_listening(self) -> None:
         """shutdown(SHUT_RD) of a listener: it stops listening, and its descriptor becomes
         readable (EOF) so that a blocked accept() or select() wakes, as Linux's POLLHUP does."""
+        self.drop_ready()
         self.stack.tcp.close(self.conn)
         try:
             self.end.shutdown(_socket.SHUT_WR)
         except OSError:
             pass
-
-    def accept(self) -> tuple[int, int, Any]:
-        """Listener: ``(tokens to consume, application fd or -1, child connection)``."""
-        layer = self.stack.tcp
-        child = layer.accept(self.conn)
-        want = len(self.conn.accept_queue)
-        consume = max(0, self.tokens - want)
-        self.tokens -= consume
-        if child is None:
-            return consume, -1, None
-        assert isinstance(child, FacadeConnection)
-        app, end, ino = _pair(_socket.SOCK_STREAM)
-        bridge = StreamBridge(self.rt, end, ino, child, 0)
-        bridge.connected = True
-        bridge.attach()
-        bridge.push()
-        bridge.pull()
-        if child.state == CLOSED:
-            bridge.conn_ended()
-        bridge.update()
-        return consume, app.detach(), child
 
     # -- data -----------------------------------------------------------------------------
     def push(self) -> None:
@@ -520,6 +608,8 @@ class StreamBridge(Bridge):
                 except OSError:
                     break
         conn.bridge = None
+        if conn.state == LISTEN:
+            self.drop_ready()
         self.release()
         if conn.state == LISTEN or conn.state == CLOSED:
             self.stack.tcp.close(conn)
@@ -594,25 +684,31 @@ def _pair(kind: int) -> tuple[_socket.socket, _socket.socket, int]:
 
 
 def _open(rt: Runtime, kind: int, build: Any) -> tuple[_socket.socket, Any]:
-    """A new socket's pair, its bridge made by ``build(stack, end, ino, filler)`` on the stack
-    thread; ``(application end, bridge)``. Any thread."""
+    """A new socket's pair and its bridge made by ``build(stack, end, ino, filler)`` in the
+    calling thread (the objects are new: nothing the stack thread uses yet); the stack thread
+    starts watching it when it next runs its queued calls, before any later call for the
+    socket (the queue is in order), so creating a socket costs no round trip to the stack
+    thread. ``(application end, bridge)``. Any thread."""
+    if not rt.running:
+        raise RuntimeStopped("usocket runtime is not running")
     app, end, ino = _pair(kind)
     try:
         filler = write_filler(app) if kind == _socket.SOCK_STREAM else 0
-        return app, rt.call(build, rt, end, ino, filler)
+        bridge = build(rt, end, ino, filler)
     except BaseException:
         app.close()
         end.close()
         raise
+    bridge.register()
+    rt.call_soon(bridge.watch)  # dropped if the runtime stops meanwhile: its stop releases the bridge
+    return app, bridge
 
 
 def _build_stream(rt: Runtime, end: _socket.socket, ino: int, filler: int) -> StreamBridge:
     assert rt.stack is not None
     conn = rt.stack.tcp.open(FacadeConnection)
     assert isinstance(conn, FacadeConnection)
-    bridge = StreamBridge(rt, end, ino, conn, filler)
-    bridge.attach()
-    return bridge
+    return StreamBridge(rt, end, ino, conn, filler)
 
 
 def _build_datagram(rt: Runtime, end: _socket.socket, ino: int, filler: int) -> DatagramBridge:
@@ -621,7 +717,6 @@ def _build_datagram(rt: Runtime, end: _socket.socket, ino: int, filler: int) -> 
     assert isinstance(ep, FacadeEndpoint)
     bridge = DatagramBridge(rt, end, ino, ep)
     bridge.set_rcvbuf(ep.rcvbuf)
-    bridge.attach()
     return bridge
 
 

@@ -211,6 +211,15 @@ class socket(_std.socket):
             if timeout is not None:  # the stdlib waits only after EINPROGRESS
                 raise _oserror(errno.EALREADY)
             b.connect_unreported = False  # a blocking connect() waits for the attempt (below)
+        elif timeout != 0 and b.filler and not b.failed and b.conn.remote_ip is None \
+                and b.conn.state.name == "CLOSED":
+            # A fresh socket whose connect() waits for the outcome: post the SYN without a round
+            # trip; an error the stack raises (ENETUNREACH...) fails the attempt and makes the
+            # socket writable, and the loop below raises it, as connect() would have.
+            b.connect_unreported = timeout is not None
+            if not b.rt.running:
+                raise _oserror(errno.ENETDOWN)
+            b.rt.call_soon(b.start_connect_soon, ip, address[1])
         else:
             refill = 0
             if b.failed and not b.filler:  # connect again after a failed attempt: unwritable again
@@ -225,6 +234,8 @@ class socket(_std.socket):
             raise BlockingIOError(errno.EINPROGRESS, os.strerror(errno.EINPROGRESS))
         self._wait(select.POLLOUT, timeout)
         while True:
+            if b.connected:  # set before the pair became writable: no need to ask the stack
+                return
             done = self._call(b.connect_status)
             if done:
                 return
@@ -275,21 +286,32 @@ class socket(_std.socket):
         timeout = _SUPER.gettimeout(self)
         deadline = None if timeout is None else [time.monotonic() + timeout]
         while True:
-            consume, fd, child = self._call(b.accept)
-            if consume:
+            # a token byte per connection the stack thread made ready (see StreamBridge.sync_tokens)
+            # (with a timeout the descriptor is O_NONBLOCK, and recv() would wait for it first)
+            try:
+                token = _SUPER.recv(self, 1, _std.MSG_DONTWAIT) if timeout is None else os.read(
+                    _SUPER.fileno(self), 1)
+            except BlockingIOError:
+                token = None
+            if token:
                 try:
-                    _SUPER.recv(self, consume, _std.MSG_DONTWAIT)
-                except OSError:
-                    pass
-            if fd >= 0:
+                    fd, child = b.ready.popleft()
+                except IndexError:  # the listener was shut down meanwhile
+                    continue
+                b.taken.append(child)
+                b.rt.call_soon(b.finish_accept)
                 break
+            if token == b"" or b.conn.state.name != "LISTEN":  # shut down: EOF
+                raise _oserror(errno.EINVAL)
             if timeout == 0:
                 raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
             self._wait(select.POLLIN, timeout, deadline)
         sock = socket(_AF_INET, _STREAM, self.proto, fileno=fd)  # like the stdlib: the base class
         if _std.getdefaulttimeout() is None and self.gettimeout():
             sock.setblocking(True)
-        return sock, (ip_ntoa(child.remote_ip), child.remote_port)
+        remote = child.remote_ip
+        assert remote is not None  # an established connection's
+        return sock, (ip_ntoa(remote), child.remote_port)
 
     # -- TCP data: the descriptor's own calls, with the stack's errors -------------------------
     def _send_check(self) -> None:
@@ -570,7 +592,8 @@ class socket(_std.socket):
                 raise _oserror(errno.ENOTCONN)
             _SUPER.shutdown(self, how)
             return None
-        self._call(_stream_shutdown, b, how)
+        if not (how == 1 and b.connected and b.conn.state.name != "LISTEN"):
+            self._call(_stream_shutdown, b, how)  # (SHUT_WR of a connection: the pair's EOF says it)
         if b.connected:
             _SUPER.shutdown(self, how)
         return None

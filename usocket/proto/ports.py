@@ -32,9 +32,11 @@ class PortAllocator:
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
-    def claim(self, proto: int, port: int, explicit: bool) -> bool:
+    def claim(self, proto: int, port: int, explicit: bool, reuse_addr: bool = False) -> bool:
         """Take ``port`` from the outside world. Return False (ephemeral) or raise
-        ``OSError(EADDRINUSE)`` (explicit) when someone else holds it."""
+        ``OSError(EADDRINUSE)`` (explicit) when someone else holds it. ``reuse_addr``: the
+        claiming socket has SO_REUSEADDR (the outside world's TIME_WAIT connections on the
+        port do not count)."""
         return True
 
     def release(self, proto: int, port: int) -> None:

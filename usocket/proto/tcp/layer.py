@@ -131,7 +131,11 @@ class TcpLayer:
         else:
             if self._conflicts(conn, ip, port):
                 raise _err(errno.EADDRINUSE)
-            if port not in self.bound and not ports.claim(PROTO_TCP, port, explicit=explicit):
+            # (reuse_addr only when set: allocators written for the older signature still work)
+            held = port in self.bound or (
+                ports.claim(PROTO_TCP, port, explicit=explicit, reuse_addr=True) if conn.reuse_addr
+                else ports.claim(PROTO_TCP, port, explicit=explicit))
+            if not held:
                 raise _err(errno.EADDRINUSE)
         conn.local_ip, conn.local_port = ip, port
         self.bound.setdefault(port, []).append(conn)
