@@ -551,3 +551,37 @@ def test_a_hook_that_aborts_in_the_middle_of_a_segment_does_not_break_its_proces
     rst = peer.expect(flags=RST | ACK)
     assert rst is not None and conn.state == S.CLOSED and net.tcp.conns == {}
     peer.expect_none()
+
+
+def test_a_closed_listener_port_stays_the_stacks_for_a_grace_in_shared_mode() -> None:
+    """Shared mode: SYNs already queued for a listener that just closed (a loaded stack reads
+    its NFQUEUE late) are the stack's, answered with its RST, for ``closed_listener_grace``;
+    only then is the port's diversion closed, so the host kernel never answers them."""
+    from usocket.config import SHARED
+    from usocket.stack import FlowObserver
+
+    closed: list[tuple[int, int, object]] = []
+
+    class Flows(FlowObserver):
+        def flow_closed(self, proto: int, local_port: int, remote: object) -> None:
+            closed.append((proto, local_port, remote))
+
+    net = Net()
+    net.stack.config.mode = SHARED
+    net.stack.flows = Flows()
+    lst = net.listen(8080)
+    net.tcp.close(lst)
+    assert closed == [] and net.tcp.owns(8080, b"\x0a\x00\x00\x02", 40000)
+    peer = Peer(net, ip=b"\x0a\x00\x00\x02", port=40000, stack_port=8080)
+    peer.send(flags=SYN)
+    rst = peer.take(1)[0]
+    assert rst.flags == RST | ACK and rst.ack == (peer.seq) % 2**32
+    net.advance(net.tcp.config.closed_listener_grace + 0.01)
+    assert closed == [(6, 8080, None)]
+    assert not net.tcp.owns(8080, b"\x0a\x00\x00\x02", 40001)
+    # a listener closed and opened again on the port keeps it, and its grace ends harmlessly
+    again = net.listen(8080)
+    net.tcp.close(again)
+    third = net.listen(8080)
+    net.advance(1.0)
+    assert net.tcp.owns(8080, b"\x0a\x00\x00\x02", 40002) and third.state.name == "LISTEN"

@@ -60,6 +60,10 @@ class TcpConfig:
     # Seconds a closed connection's diversion flow stays (shared mode): the peer's late
     # segments get the stack's RST rather than the host kernel's.
     closed_flow_grace: float = 3.0
+    # Seconds a closed listener's port stays diverted (shared mode): SYNs and segments already
+    # queued for it get the stack's RST rather than the host kernel's. Short, since a kernel
+    # socket may take the port once the stack let it go.
+    closed_listener_grace: float = 0.5
 
     @property
     def time_wait(self) -> float:

@@ -84,6 +84,7 @@ class TcpLayer:
         self._reuseport_key = os.urandom(16)
         # flows of connections that ended, kept diverted for a grace period: key -> flow remote
         self.closed_flows: dict[tuple[int, bytes, int], tuple[bytes, int] | None] = {}
+        self.closed_ports: dict[int, int] = {}  # closed listeners' ports in their grace (a count)
         self.last_close = 0.0
         stack.ipv4.register(PROTO_TCP, self.receive)
         stack.icmp.register_error_handler(PROTO_TCP, self.icmp_error)
@@ -270,7 +271,7 @@ class TcpLayer:
             conn.state = CLOSED
             if conn.flow_open:
                 conn.flow_open = False
-                self.stack.flows.flow_closed(PROTO_TCP, conn.local_port, None)
+                self._close_port_later(conn.local_port)
             for child in list(conn.syn_children) + list(conn.accept_queue):
                 child.abort()
             conn.syn_children.clear()
@@ -452,13 +453,30 @@ class TcpLayer:
             del self.closed_flows[key]
         self.stack.flows.flow_closed(PROTO_TCP, key[0], remote)
 
+    def _close_port_later(self, port: int) -> None:
+        """A listener closed: keep its port's diversion for ``config.closed_listener_grace``
+        seconds, so that SYNs and segments already queued for it (a loaded stack reads its queue
+        late) get the stack's RST, as a closed Linux listener's would, not the host kernel's."""
+        self.closed_ports[port] = self.closed_ports.get(port, 0) + 1
+        self.last_close = self.stack.now
+        self.stack.call_later(self.config.closed_listener_grace, self._port_grace_over, port)
+
+    def _port_grace_over(self, port: int) -> None:
+        left = self.closed_ports.get(port, 0) - 1
+        if left > 0:
+            self.closed_ports[port] = left
+        else:
+            self.closed_ports.pop(port, None)
+        self.stack.flows.flow_closed(PROTO_TCP, port, None)
+
     def no_connection(self, ip_header: IPv4Header, seg: Segment) -> None:
         """RFC 9293 3.10.7.1: a segment for no connection draws a RST: in own mode always, in
         shared mode for connections that ended moments ago (the kernel answers the rest)."""
         self.c["drop.no_connection"] += 1
         if seg.flags & RST:
             return
-        if not self.stack.own_mode and (seg.dport, ip_header.src, seg.sport) not in self.closed_flows:
+        if not self.stack.own_mode and (seg.dport, ip_header.src, seg.sport) not in self.closed_flows \
+                and seg.dport not in self.closed_ports:
             return
         self.send_reset(ip_header.dst, ip_header.src, seg)
 
@@ -573,7 +591,8 @@ class TcpLayer:
     def owns(self, local_port: int, remote_ip: bytes, remote_port: int) -> bool:
         """Whether a segment from ``remote_ip:remote_port`` to ``local_port`` is the stack's."""
         key = (local_port, remote_ip, remote_port)
-        return key in self.conns or local_port in self.listeners or key in self.closed_flows
+        return key in self.conns or local_port in self.listeners or key in self.closed_flows \
+            or local_port in self.closed_ports
 
     def __repr__(self) -> str:
         states: dict[str, int] = {}
