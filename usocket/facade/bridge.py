@@ -282,6 +282,7 @@ class StreamBridge(Bridge):
         self.taken: collections.deque[FacadeConnection] = collections.deque()
         self.todo = 0  # connection events noted by the hooks, handled by service()
         self.kicked = False
+        self.connect_unreported = False  # set by socket.connect(), which may read it before any service()
 
     def kick(self, what: int) -> None:
         self.todo |= what
@@ -302,7 +303,10 @@ class StreamBridge(Bridge):
             self.conn_ended()
         if todo & _READ:
             self.push()
-        if todo & _WRITE:
+        if todo & _WRITE and not self.mask & EPOLLIN:
+            # Send space came back while the pair was not watched for input: take what the
+            # application wrote meanwhile. (When it is watched, epoll reports waiting bytes
+            # by itself: level-triggered; a pull here would cost a recv that finds nothing.)
             self.pull()
         if todo & _ACCEPT:
             self.sync_tokens()
@@ -530,8 +534,9 @@ class StreamBridge(Bridge):
             space = conn.send_space
             if space <= 0 and not dead:
                 break
+            want = CHUNK if dead else min(space, CHUNK)
             try:
-                data = end.recv(CHUNK if dead else min(space, CHUNK), _DONTWAIT)
+                data = end.recv(want, _DONTWAIT)
             except BlockingIOError:
                 break
             except OSError:  # ECONNRESET: the application closed with data unread
@@ -561,6 +566,10 @@ class StreamBridge(Bridge):
                 conn.send(data)
             except OSError as e:
                 self.error = self.error or e.errno or errno.EPIPE
+            if len(data) < want:
+                break  # the pair is drained (a stream gives all it holds): what comes later, EOF
+                # included, is reported by epoll (level-triggered) rather than found by a recv
+                # that would fail with EAGAIN
         self.update()
 
     def conn_ended(self) -> None:

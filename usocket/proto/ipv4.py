@@ -267,6 +267,10 @@ class IPv4Layer:
         self._templates: dict[tuple[bytes, bytes, int, int, int], IPv4Template] = {}
         self._net_key: tuple[bytes, int] | None = None
         self._subnet_bcast = b""
+        # route(): next hop by destination, valid for the (address, prefix, gateway) it was
+        # computed under (the configuration may change at run time: checked per call)
+        self._routes: dict[bytes, bytes] = {}
+        self._routes_for: tuple[bytes, int, bytes | None] | None = None
         stack.ethernet.register(ETHERTYPE_IPV4, self.receive)
 
     # -- registration --------------------------------------------------------------------------
@@ -340,7 +344,7 @@ class IPv4Layer:
         except MalformedError as e:
             c["drop." + e.reason] += 1
             return
-        if not self.accept_destination(hdr.dst):
+        if hdr.dst != self.stack.config.address and not self.accept_destination(hdr.dst):
             c["drop.martian_destination" if self.is_martian_destination(hdr.dst) else "drop.not_for_us"] += 1
             return
         if not looped and self.is_martian_source(hdr.src, hdr.dst):
@@ -518,13 +522,28 @@ class IPv4Layer:
         """The next hop for ``dst``: itself when on-link (our subnet, broadcast, multicast),
         else the gateway; ``OSError(ENETUNREACH)`` without one."""
         cfg = self.stack.config
+        routes = self._routes
+        hop = routes.get(dst)
+        if hop is not None:
+            key = self._routes_for
+            if key is not None and key[0] is cfg.address and key[1] == cfg.prefix_len and key[2] is cfg.gateway:
+                return hop
+            routes.clear()
+            self._routes_for = None
         m = prefix_mask(cfg.prefix_len)
         if (dst == BROADCAST_IP or self.is_multicast(dst)
                 or (int.from_bytes(dst, "big") & m) == (int.from_bytes(cfg.address, "big") & m)):
-            return dst
-        if cfg.gateway:
-            return cfg.gateway
-        raise _oserror(errno.ENETUNREACH)
+            hop = dst
+        elif cfg.gateway:
+            hop = cfg.gateway
+        else:
+            raise _oserror(errno.ENETUNREACH)
+        key = (cfg.address, cfg.prefix_len, cfg.gateway)
+        if key != self._routes_for or len(routes) >= self.max_ident_peers:
+            routes.clear()
+            self._routes_for = key
+        routes[dst] = hop
+        return hop
 
     def next_ident(self, dst: bytes) -> int:
         """The identification for the next datagram to ``dst`` (see the module docstring)."""
@@ -586,7 +605,8 @@ class IPv4Layer:
         """
         if len(dst) != 4:
             raise ValueError("IPv4 addresses are 4 bytes")
-        if self.is_martian_destination(dst):
+        first = dst[0]
+        if first == 127 or first == 0:  # is_martian_destination, inline (the hot path)
             self.c["drop.tx_martian_destination"] += 1
             raise _oserror(errno.ENETUNREACH, "loopback and 0.0.0.0/8 never leave the host")
         cfg = self.stack.config
@@ -597,8 +617,8 @@ class IPv4Layer:
         plen = len(payload)
         if plen + MIN_HEADER > MAX_DATAGRAM:
             raise _oserror(errno.EMSGSIZE, f"{plen} bytes")
-        local = self.is_local(dst)
-        mtu = MAX_DATAGRAM if local else self.path_mtu(dst)
+        local = dst == cfg.address  # is_local
+        mtu = MAX_DATAGRAM if local else self.path_mtu(dst) if self._pmtu else cfg.mtu
         if frag_size is not None:
             if frag_size <= 0 or frag_size & 7 or (not local and frag_size + MIN_HEADER > cfg.mtu):
                 raise ValueError(f"frag_size {frag_size}: a positive multiple of 8 within the MTU")

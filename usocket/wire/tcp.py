@@ -33,6 +33,7 @@ multiple of 4 bytes.
 """
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -78,6 +79,10 @@ _U32X2 = struct.Struct("!II")
 _NOP_NOP_TS = 0x0101080A  # NOP NOP TIMESTAMPS 10: Linux's aligned timestamp option word
 _SACKPERM_TS = 0x0402080A  # SACK_PERM 2 TIMESTAMPS 10: Linux's SYN layout with both
 _NOP_NOP_SACKPERM = b"\x01\x01\x04\x02"
+
+#: ``ts_option(ts_val, ts_ecr)``: the options of a segment with timestamps and no SACK blocks
+#: (``NOP NOP TS``, what :func:`data_options` gives for no blocks), without a Python call.
+ts_option = functools.partial(_TS_OPT.pack, _NOP_NOP_TS)
 
 _new = object.__new__
 

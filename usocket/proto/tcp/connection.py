@@ -58,7 +58,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from ...wire.addr import ANY_IP, ip_ntoa
-from ...wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, TcpTemplate, data_options, syn_options
+from ...wire.tcp import ACK, FIN, PSH, RST, SYN, Segment, TcpTemplate, data_options, syn_options, ts_option
 from .buffers import OutOfOrderQueue, ReceiveBuffer, SendBuffer
 from .congestion import CongestionControl, get_congestion_control
 from .rtt import RttEstimator
@@ -438,6 +438,8 @@ class TcpConnection:
         if options is None:
             if syn:
                 options = b""
+            elif self.ts_ok and not (self.sack_ok and self.ooo.bytes):
+                options = ts_option(self.ts_now(), self.ts_recent)
             else:
                 ts = (self.ts_now(), self.ts_recent) if self.ts_ok else None
                 sack: list[tuple[int, int]] = []
@@ -1174,9 +1176,15 @@ class TcpConnection:
             cc.on_idle(now, now - self.last_tx, self.rtt.rto)
         if self.lost_bytes and self.retrans_bytes < self.lost_bytes + self.sacked_bytes + 1:
             self._retransmit_lost(force_retransmit)
-        mss = self._send_mss()
         sndbuf = self.sndbuf
         data_end = sndbuf.end + 1  # u just past the last byte written
+        if self.snd_nxt >= data_end and (self.fin_u is not None or not self.fin_queued):
+            # Nothing new to send (the common case after a pure ACK or a small request): only
+            # the tail loss probe below the loop can still apply; no persist (no data waiting).
+            if self.tlp_deadline is None:
+                self._arm_tlp()
+            return
+        mss = self._send_mss()
         # With segmentation offload, consecutive segments decided below are sent as one
         # super-segment (a "run" from run_start to snd_nxt) of at most gso_max bytes; the
         # retransmission queue still gets one record per MSS (Linux tcp_write_xmit + TSO).
