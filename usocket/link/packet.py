@@ -85,6 +85,8 @@ def _open_l2socket(iface: str, proto: int, promisc: bool) -> Any:
         scapy_log.setLevel(level)
 
 
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & runs in Python per frame
+
 class PacketLink(Link):
     """AF_PACKET link on ``iface`` (in ``netns``), optionally with a classic-BPF filter.
 
@@ -174,7 +176,7 @@ class PacketLink(Link):
             if addr[2] == PACKET_OUTGOING:
                 c["skip.outgoing"] += 1
                 continue
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 c["drop.truncated"] += 1
                 continue
             csum_ok = False
