@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from usocket.divert import Diverter, KernelPortAllocator, cleanup, owner_alive, owner_tag
-from usocket.divert.ipset import Ipset, IpsetError
+from usocket.divert.ipset import Ipset, IpsetError, element, fast_element
 from usocket.divert.nfqueue import config_message
 from usocket.divert.ports import ephemeral_range
 from usocket.divert.rules import (
@@ -147,6 +147,20 @@ def test_set_names_carry_the_owner_and_fit_ipset() -> None:
     assert parse_set_name("usocket-x") is None and parse_set_name("other-1-2-3") is None
     with pytest.raises(ValueError):
         set_name("not a tag", 1)
+
+
+def test_the_one_pack_element_is_the_attribute_tree_byte_for_byte() -> None:
+    """The per-connection element (one struct.pack) equals the generic builder's bytes, and those
+    follow ip_set.h: DATA{IP{IPADDR_IPV4 ip}, PORT (big endian), PROTO}, padded to 4 bytes."""
+    for ip, proto, port in [(b"\x0a\x00\x00\x02", 6, 40001), (b"\xff\xfe\xfd\xfc", 17, 1), (bytes(4), 6, 65535)]:
+        elem = fast_element(ip, proto, port)
+        assert elem == element(ip, proto, port)
+        assert struct.unpack_from("=HH", elem) == (32, 7 | 0x8000)
+        assert struct.unpack_from("=HHHH", elem, 4) == (12, 1 | 0x8000, 8, 1 | 0x4000) and elem[12:16] == ip
+        assert struct.unpack_from("=HH", elem, 16) == (6, 4 | 0x4000) and struct.unpack_from("!H", elem, 20) == (port,)
+        assert struct.unpack_from("=HHB", elem, 24) == (5, 7, proto)
+    with pytest.raises(ValueError):
+        fast_element(b"\x01\x02\x03", 6, 1)
 
 
 def test_without_ipset_connected_flows_fall_back_to_rules() -> None:
@@ -421,6 +435,28 @@ def test_a_set_removed_by_cleanup_all_comes_back_with_the_next_flow(ns: object) 
         div.flow_closed(6, 41002, (rip, 80))
         assert members(c, name) == []
     assert ipsets(c) == [] and Iptables(c).list_rules() is None
+
+
+@pytest.mark.lab
+def test_a_delete_without_ack_is_applied_in_the_send_and_a_refusal_is_counted_later(ns: object) -> None:
+    c = ns.client_ns  # type: ignore[attr-defined]
+    name = f"usl-late-{os.getpid()}"
+    with Ipset(c) as ips:
+        ips.create(name)
+        try:
+            ips.add(name, b"\x0a\x00\x00\x02", 6, 40001)
+            ips.add(name, b"\x0a\x00\x00\x02", 17, 40002)
+            ips.delete(name, b"\x0a\x00\x00\x02", 6, 40001, ack=False)
+            assert ips.members(name) == [(b"\x0a\x00\x00\x02", 17, 40002)]  # gone before any read
+            ips.delete(name + "x", b"\x0a\x00\x00\x02", 6, 40001, ack=False)  # no such set: refused
+            assert ips.late_errors == 0  # not read yet
+            ips.add(name, b"\x0a\x00\x00\x03", 6, 40003)  # its ACK is found behind the refusal
+            assert ips.late_errors == 1
+            with pytest.raises(IpsetError):
+                ips.add(name + "x", b"\x0a\x00\x00\x02", 6, 40001)  # an add still reports at once
+            assert ips.members(name) == [(b"\x0a\x00\x00\x02", 17, 40002), (b"\x0a\x00\x00\x03", 6, 40003)]
+        finally:
+            ips.destroy(name)
 
 
 # -- the queue -------------------------------------------------------------------------------------

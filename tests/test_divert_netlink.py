@@ -111,6 +111,16 @@ def test_verdicts_one_batch_when_all_agree() -> None:
     assert verdict_list(nl.verdicts_message(7, [(10, False)])) == [("batch", 7, nl.NF_ACCEPT, 10)]
 
 
+def test_batch_verdicts_of_different_queues_keep_their_queue() -> None:
+    """The one-batch fast path caches a prefix per queue: each queue's message names it."""
+    for _ in range(2):
+        for queue in (0, 7, 65535):
+            assert verdict_list(nl.verdicts_message(queue, [(2**32 - 1, True)])) == [
+                ("batch", queue, nl.NF_DROP, 2**32 - 1)]
+            assert nl.batch_verdict_message(queue, 5, nl.NF_ACCEPT) == nl.verdict_message(
+                queue, 5, nl.NF_ACCEPT, batch=True)
+
+
 def test_verdicts_exceptions_first_then_the_majority_batch() -> None:
     mixed = [(20, True), (21, False), (22, True), (23, True)]
     assert verdict_list(nl.verdicts_message(3, mixed)) == [("one", 3, nl.NF_ACCEPT, 21),

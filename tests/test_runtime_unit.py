@@ -106,6 +106,25 @@ def test_errors_in_calls_do_not_stall_the_loop() -> None:
             a.call(lambda: 1 / 0)
 
 
+def test_calls_queued_behind_a_running_call_all_run_in_order() -> None:
+    """Only a call queued into an empty queue wakes the loop: the ones queued behind it (while
+    the stack thread is busy) still run, in order, in the same pass or the next."""
+    a, b = pair()
+    with a, b:
+        gate, busy = threading.Event(), threading.Event()
+        seen: list[int] = []
+        a.call_soon(lambda: (busy.set(), gate.wait(5)))
+        assert busy.wait(5)
+        for i in range(50):
+            a.call_soon(seen.append, i)
+        gate.set()
+        assert a.call(lambda: list(seen), timeout=5) == list(range(50))
+        for _ in range(5):  # posted into an empty queue while the loop sleeps: each one wakes it
+            done = threading.Event()
+            a.call_soon(done.set)
+            assert done.wait(5)
+
+
 def test_an_unclosed_socket_is_closed_by_the_garbage_collector() -> None:
     a, b = pair()
     with a, b:

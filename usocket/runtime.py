@@ -303,8 +303,7 @@ class Runtime:
         with self._lock:
             if self._state != "running":
                 return
-            self._calls.append((fn, args, None))
-        self._wake()
+            self._post((fn, args, None))
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run ``fn(*args)`` on the stack thread and return its result (or raise its exception).
@@ -315,9 +314,22 @@ class Runtime:
         with self._lock:
             if self._state != "running" or self._thread is None or not self._thread.is_alive():
                 raise RuntimeStopped("usocket runtime is not running")
-            self._calls.append((fn, args, fut))
-        self._wake()
+            self._post((fn, args, fut))
         return fut.result(timeout)
+
+    def _post(self, call: tuple[Any, ...]) -> None:
+        """Queue a call (with ``_lock`` held); wake the stack thread only when the queue was
+        empty: the loop drains the whole queue in every pass (``_run_calls`` loops until it
+        is empty), so a call queued behind another one is run by the pass that the first
+        one's wake-up starts, and a second eventfd write would only cost a system call and
+        a spare loop pass."""
+        calls = self._calls
+        calls.append(call)
+        if len(calls) == 1 and self._wake_fd >= 0:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass
 
     def _wake(self) -> None:
         with self._lock:

@@ -53,6 +53,8 @@ from .proto.ports import PortAllocator
 from .proto.tcp.layer import TcpLayer
 from .proto.udp import UdpLayer
 
+_PORTS = struct.Struct("!HH")  # source and destination port of TCP/UDP
+
 
 class FlowObserver:
     """Told when the stack starts and stops owning a flow, so the kernel can be diverted.
@@ -211,7 +213,7 @@ class Stack:
         layer = self.transports.get(packet[9])
         if layer is None:
             return False
-        sport, dport = struct.unpack_from("!HH", packet, ihl)
+        sport, dport = _PORTS.unpack_from(packet, ihl)
         return bool(layer.owns(dport, bytes(packet[12:16]), sport))
 
     def poll(self, now: float) -> int:

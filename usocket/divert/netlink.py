@@ -130,6 +130,19 @@ def verdict_message(queue_num: int, packet_id: int, verdict: int, batch: bool = 
     return nfq_message(msg, queue_num, nla(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id)))
 
 
+_VERDICT_HDR = struct.Struct("!II")
+_batch_prefixes: dict[int, bytes] = {}
+
+
+def batch_verdict_message(queue_num: int, packet_id: int, verdict: int) -> bytes:
+    """``verdict_message(queue_num, packet_id, verdict, batch=True)`` from a prefix cached per
+    queue: the message of every wakeup whose packets all get one verdict."""
+    prefix = _batch_prefixes.get(queue_num)
+    if prefix is None:
+        prefix = _batch_prefixes[queue_num] = verdict_message(queue_num, 0, 0, batch=True)[:-8]
+    return prefix + _VERDICT_HDR.pack(verdict, packet_id)
+
+
 def verdicts_message(queue_num: int, verdicts: list[tuple[int, bool]]) -> bytes:
     """Verdicts for packets read in id order, ``(packet_id, ours)``; ours -> DROP, else ACCEPT.
 
@@ -139,6 +152,8 @@ def verdicts_message(queue_num: int, verdicts: list[tuple[int, bool]]) -> bytes:
     thus reach the kernel in their arrival order: either all by the batch, or all as exceptions.
     """
     ours = sum(1 for _, o in verdicts if o)
+    if ours == len(verdicts) or not ours:  # the common case: one batch verdict
+        return batch_verdict_message(queue_num, verdicts[-1][0], NF_DROP if ours else NF_ACCEPT)
     majority = ours * 2 >= len(verdicts)
     parts = [verdict_message(queue_num, pid, NF_DROP if o else NF_ACCEPT) for pid, o in verdicts if o != majority]
     parts.append(verdict_message(queue_num, verdicts[-1][0], NF_DROP if majority else NF_ACCEPT, batch=True))
