@@ -1,9 +1,12 @@
 """Running programs under ``python -m usocket_hijack`` in the lab's client namespace (tests)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 from usocket.lab import Lab
@@ -21,6 +24,23 @@ def hijack_env(lab: Lab | None = None, mode: str = "shared", **extra: str) -> di
         env.update(lab.env(mode))
     env.update(extra)
     return env
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """The hijacker's environment without a lab: a stray AF_INET socket fails instead of
+    starting a stack."""
+    return hijack_env(USOCKET_DEFAULT_RUNTIME="0", **extra)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_script(tmp_path: Path, name: str, code: str) -> str:
+    """``code`` (dedented) as ``tmp_path/name``; its path."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(code))
+    return str(path)
 
 
 def hijack_argv(args: list[str], opts: list[str] | None = None) -> list[str]:

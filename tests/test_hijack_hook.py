@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import usocket_hijack
-from tests.hijack_helpers import hijack_env
+from tests.hijack_helpers import offline_env
 
 PY = sys.executable
 HIJACK = [PY, "-m", "usocket_hijack"]
@@ -28,11 +28,7 @@ PYENV = Path("/root/.pyenv/versions")
 SYSTEM_PY = Path("/usr/bin/python3")
 
 
-def env(**extra: str) -> dict[str, str]:
-    """The hijacker's environment (no lab); a stray AF_INET socket fails instead of starting a stack."""
-    e = hijack_env(USOCKET_DEFAULT_RUNTIME="0")
-    e.update(extra)
-    return e
+env = offline_env
 
 
 def run(argv: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -17,40 +17,28 @@ reuse (together with a capture at the peer that counts the SYNs). Captures are r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hijack_helpers import run_hijacked, usocket_rules
+from hijack_helpers import run_hijacked, sha256_hex, usocket_rules, write_script
 from lab_runtime import stack_ip
 
 from usocket.lab import Lab, bulk_sha256
+from usocket.wire.tcp import ACK, FIN, RST, SYN
 
 pytestmark = pytest.mark.lab
 
 TIMEOUT = 60.0  # a whole hijacked program (a 16 MiB download takes about a second in shared mode)
 POST_SIZE = 3 * (1 << 20) + 7  # not a multiple of any segment or buffer size
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _script(tmp_path: Path, name: str, code: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(code))
-    return str(path)
-
-
 def _run(lab: Lab, mode: str, args: list[str]) -> tuple[dict[str, Any], dict[str, int]]:
     """Run ``args`` hijacked with ``--stats``; the program must exit 0 and leave no rule.
 
@@ -200,7 +188,7 @@ def test_urllib_and_http_client_by_name(lab: Lab, mode: str, tmp_path: Path) -> 
     body_file = tmp_path / "body.bin"
     body_file.write_bytes(body)
     before = len(lab.dns_queries())
-    script = _script(tmp_path, "stdlib_http.py", STDLIB_HTTP)
+    script = write_script(tmp_path, "stdlib_http.py", STDLIB_HTTP)
     # headers and requests only (a full capture of 17 MiB at veth speed may drop packets)
     with lab.capture(lab.server_ns, lab.server_if, "tcp port 80", snaplen=400) as pcap:
         out, tcp = _run(lab, mode, [script, lab.server_name, str(body_file)])
@@ -212,7 +200,7 @@ def test_urllib_and_http_client_by_name(lab: Lab, mode: str, tmp_path: Path) -> 
     for key in ("post", "post chunked"):
         status, reply = out[key]
         assert status == 200
-        assert parse_post_reply(reply.encode()) == (len(body), _sha(body)), key
+        assert parse_post_reply(reply.encode()) == (len(body), sha256_hex(body)), key
     assert tcp.get("active_open") == 3, tcp  # urllib: one each; http.client: one for both POSTs
     streams = _streams(pcap)
     assert sorted(_requests_sent(pcap, stack_ip(lab, mode)).values()) == [["/16m.bin"], ["/1m.bin"]]
@@ -283,7 +271,7 @@ def test_xmlrpc_and_asyncio_clients(lab: Lab, mode: str, tmp_path: Path) -> None
     HTTP/1.1 GETs to nginx by name concurrently: every answer and hash is right."""
     lab.block_kernel_egress()
     big = 1 << 20
-    script = _script(tmp_path, "xmlrpc_asyncio.py", XMLRPC_ASYNCIO)
+    script = write_script(tmp_path, "xmlrpc_asyncio.py", XMLRPC_ASYNCIO)
     out, tcp = _run(lab, mode, [script, lab.server_name, str(lab.ports["xmlrpc"]), str(big)])
     assert out["module"] == "usocket"
     assert out["add"] == 42
@@ -324,7 +312,7 @@ def test_requests_session_reuses_one_connection(lab: Lab, mode: str, tmp_path: P
     free of RSTs is :func:`test_client_closes_first_no_rst`'s business.)"""
     lab.block_kernel_egress()
     paths = ["/1m.bin", "/index.html", "/1k.bin", "/16m.bin", "/1m.bin"]
-    script = _script(tmp_path, "session.py", REQUESTS_SESSION)
+    script = write_script(tmp_path, "session.py", REQUESTS_SESSION)
     with lab.capture(lab.server_ns, lab.server_if, "tcp port 80", snaplen=400) as pcap:
         out, tcp = _run(lab, mode, [script, lab.server_name, *paths])
     assert out["module"] == "usocket"
@@ -395,7 +383,7 @@ def test_https_verified_and_failures(lab: Lab, mode: str, tmp_path: Path) -> Non
     lacks, the handshake fails with ``ssl.SSLCertVerificationError``, exactly as on the kernel's
     sockets (the same program, unhijacked, in the server namespace, prints the same lines)."""
     lab.block_kernel_egress()
-    script = _script(tmp_path, "https.py", HTTPS)
+    script = write_script(tmp_path, "https.py", HTTPS)
     args = [script, lab.server_name, lab.server_ip, lab.ca_file]
     out, tcp = _run(lab, mode, [*args, "0"])
     assert out["module"] == "usocket"
@@ -457,7 +445,7 @@ def test_client_closes_first_no_rst(lab: Lab, close_mode: str, tmp_path: Path) -
     must neither reset TIME_WAIT at exit nor abort a close still in progress) resets a clean
     exchange, as a program on the kernel's sockets would not."""
     lab.block_kernel_egress()
-    script = _script(tmp_path, "closes.py", CLOSES)
+    script = write_script(tmp_path, "closes.py", CLOSES)
     with lab.capture(lab.server_ns, lab.server_if, "tcp", snaplen=400) as pcap:
         out, tcp = _run(lab, close_mode, [script, lab.server_name])
     expected = {"urllib /1m.bin", "urllib /index.html", "http.client /1k.bin", "http.client /1m.bin",

@@ -15,23 +15,22 @@ deadline), never from sleeps.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import select
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hijack_helpers import hijack_env, popen_hijacked, run_hijacked, usocket_rules
+from hijack_helpers import hijack_env, popen_hijacked, run_hijacked, sha256_hex, usocket_rules, write_script
 from lab_runtime import stack_ip
 
 from usocket.lab import Lab
+from usocket.wire.tcp import ACK, FIN, RST, SYN
 
 pytestmark = pytest.mark.lab
 
@@ -40,16 +39,6 @@ SERVER_PORT = 8080  # the hijacked servers' port (nothing of the lab's listens t
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _script(tmp_path: Path, name: str, code: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(code))
-    return str(path)
-
-
 def _read_until(proc: subprocess.Popen[Any], marker: bytes, timeout: float = TIMEOUT) -> bytes:
     """Read the binary stdout pipe of ``proc`` until ``marker`` appears (bounded); what was read."""
     assert proc.stdout is not None
@@ -99,7 +88,6 @@ def _tshark_tcp(pcap: str) -> list[dict[str, Any]]:
     return rows
 
 
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 SLOW_CLIENT = """
     import hashlib, signal, sys, time, urllib.request
@@ -124,7 +112,7 @@ SLOW_CLIENT = """
 
 def _start_slow_download(lab: Lab, mode: str, tmp_path: Path, variant: str = "plain") -> subprocess.Popen[Any]:
     """A hijacked client in the middle of downloading /16m.bin (its "started" line was read)."""
-    script = _script(tmp_path, "slow.py", SLOW_CLIENT)
+    script = write_script(tmp_path, "slow.py", SLOW_CLIENT)
     proc = _popen(lab, mode, [script, lab.url("/16m.bin", "nginx"), variant], tmp_path / f"slow-{variant}.err")
     _read_until(proc, b"started 16384")
     return proc
@@ -146,7 +134,7 @@ def test_http_server_serves_curl_sequential_and_parallel(lab: Lab, mode: str, tm
     for name, size in (("empty.txt", 0), ("small.txt", 1), ("odd.bin", 65537), ("big.bin", (3 << 20) + 5)):
         data = os.urandom(size)
         (www / name).write_bytes(data)
-        files[name] = _sha(data)
+        files[name] = sha256_hex(data)
     proc = _popen(lab, mode, ["-m", "http.server", str(SERVER_PORT), "--directory", str(www)],
                   tmp_path / "server.err")
     banner = _read_until(proc, b"Serving HTTP").decode()
@@ -157,7 +145,7 @@ def test_http_server_serves_curl_sequential_and_parallel(lab: Lab, mode: str, tm
     for name, sha in files.items():  # one at a time
         lab.run(lab.server_ns, ["curl", "-sS", "--fail", "--max-time", str(TIMEOUT), "-o", str(got / name),
                                 f"{base}/{name}"])
-        assert _sha((got / name).read_bytes()) == sha, name
+        assert sha256_hex((got / name).read_bytes()) == sha, name
     names = sorted(files)
     argv = ["curl", "-sS", "--fail", "--max-time", str(TIMEOUT), "--parallel", "--parallel-immediate",
             "--parallel-max", "20"]
@@ -167,7 +155,7 @@ def test_http_server_serves_curl_sequential_and_parallel(lab: Lab, mode: str, tm
         wanted[f"p{i}-{name}"] = files[name]
         argv += ["-o", str(got / f"p{i}-{name}"), f"{base}/{name}"]
     lab.run(lab.server_ns, argv, timeout=2 * TIMEOUT)
-    assert {n: _sha((got / n).read_bytes()) for n in wanted} == wanted
+    assert {n: sha256_hex((got / n).read_bytes()) for n in wanted} == wanted
     if mode == "shared":
         assert _owner_rules(lab, proc.pid) != []  # the listener's port is diverted while it runs
     proc.send_signal(signal.SIGINT)
@@ -229,8 +217,8 @@ def test_python_children_use_stacks_of_their_own(lab: Lab, mode: str, tmp_path: 
     spawn worker each fetch a file on a stack of its own: right hashes, three processes that
     each printed stack counters with an active open, the name resolved by the child's stack."""
     lab.block_kernel_egress()
-    parent = _script(tmp_path, "parent.py", PARENT)
-    child = _script(tmp_path, "child.py", CHILD)
+    parent = write_script(tmp_path, "parent.py", PARENT)
+    child = write_script(tmp_path, "child.py", CHILD)
     urls = [lab.url("/1m.bin", "nginx"), lab.url("/index.html", "http", host=lab.server_name),
             lab.url("/1k.bin", "http")]
     p = run_hijacked(lab, mode, [parent, *urls, child], opts=["--stats"])
@@ -335,7 +323,7 @@ def test_sigkill_leaves_rules_next_run_clears_them(lab: Lab, tmp_path: Path) -> 
     proc.kill()
     assert proc.wait(TIMEOUT) == -signal.SIGKILL
     assert _owner_rules(lab, proc.pid) == before  # left behind
-    script = _script(tmp_path, "open.py", OPEN_AND_LIST)
+    script = write_script(tmp_path, "open.py", OPEN_AND_LIST)
     p = run_hijacked(lab, "shared", [script, str(proc.pid), lab.server_ip])
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["clean", "usocket"]  # gone while the second program ran
@@ -423,8 +411,8 @@ def _client_exits_without_close(lab: Lab, mode: str, tmp_path: Path) -> tuple[st
     """Run the client that exits without closing against a quiet sink in the server namespace
     (it reads to EOF, prints count, hash and the client's address, closes, and never writes, so
     nothing arrives after the stack's FIN but the peer's FIN); (sink output, control segments)."""
-    sink_code = _script(tmp_path, "sink.py", QUIET_SINK)
-    client = _script(tmp_path, "client.py", EXIT_WITHOUT_CLOSE_CLIENT)
+    sink_code = write_script(tmp_path, "sink.py", QUIET_SINK)
+    client = write_script(tmp_path, "client.py", EXIT_WITHOUT_CLOSE_CLIENT)
     with lab.capture(lab.server_ns, lab.server_if, CONTROL) as pcap:
         sink = lab.popen(lab.server_ns, [sys.executable, "-u", sink_code, lab.server_ip, str(SERVER_PORT)],
                          stdout=subprocess.PIPE)
@@ -458,7 +446,7 @@ def test_client_exits_without_close(lab: Lab, mode: str, tmp_path: Path) -> None
     host kernel never meets a late segment: nothing REJECTed)."""
     lab.block_kernel_egress()
     out, rows = _client_exits_without_close(lab, mode, tmp_path)
-    assert out.split() == [str(len(ONE_MIB)), _sha(ONE_MIB), stack_ip(lab, mode)]
+    assert out.split() == [str(len(ONE_MIB)), sha256_hex(ONE_MIB), stack_ip(lab, mode)]
     _check_close(rows, stack_ip(lab, mode), lab)
     assert lab.kernel_egress_rejected() == 0
     assert usocket_rules(lab) == []
@@ -480,8 +468,8 @@ def test_server_exits_without_close(lab: Lab, mode: str, tmp_path: Path) -> None
     """A server that answers 1 MiB and exits without closing the accepted connection (or its
     listener): the peer reads the whole answer, then EOF (a FIN, not a RST)."""
     lab.block_kernel_egress()
-    server = _script(tmp_path, "server.py", EXIT_WITHOUT_CLOSE_SERVER)
-    reader = _script(tmp_path, "reader.py", READ_TO_EOF)
+    server = write_script(tmp_path, "server.py", EXIT_WITHOUT_CLOSE_SERVER)
+    reader = write_script(tmp_path, "reader.py", READ_TO_EOF)
     with lab.capture(lab.server_ns, lab.server_if, CONTROL) as pcap:
         proc = _popen(lab, mode, [server, str(SERVER_PORT)], tmp_path / "server.err")
         _read_until(proc, b"listening usocket")
@@ -489,7 +477,7 @@ def test_server_exits_without_close(lab: Lab, mode: str, tmp_path: Path) -> None
                     check=False, timeout=TIMEOUT)
         code, out = _wait(proc)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(len(ONE_MIB)), _sha(ONE_MIB)]
+    assert r.stdout.split() == [str(len(ONE_MIB)), sha256_hex(ONE_MIB)]
     assert code == 0, (tmp_path / "server.err").read_text()
     assert "answered" in out
     _check_close(_tshark_tcp(pcap), stack_ip(lab, mode), lab)
