@@ -325,19 +325,20 @@ class Runtime:
         a spare loop pass."""
         calls = self._calls
         calls.append(call)
-        if len(calls) == 1 and self._wake_fd >= 0:
+        if len(calls) == 1:
+            self._signal()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._signal()
+
+    def _signal(self) -> None:
+        """Write the stack thread's eventfd (with ``_lock`` held)."""
+        if self._wake_fd >= 0:
             try:
                 os.eventfd_write(self._wake_fd, 1)
             except OSError:
                 pass
-
-    def _wake(self) -> None:
-        with self._lock:
-            if self._wake_fd >= 0:
-                try:
-                    os.eventfd_write(self._wake_fd, 1)
-                except OSError:
-                    pass
 
     def _fail_pending(self) -> None:
         while self._calls:
@@ -349,17 +350,16 @@ class Runtime:
     def sockets(self, timeout: float | None = 5.0) -> list[SocketRow]:
         """The stack's socket table (:meth:`usocket.stack.Stack.sockets`), read on the stack
         thread so that it is one consistent snapshot; any thread."""
-        stack = self.stack
-        if stack is None:
-            raise RuntimeStopped("usocket runtime is not running")
-        return self.call(stack.sockets, timeout=timeout)
+        return self.call(lambda: self._running_stack().sockets(), timeout=timeout)
 
     def counters(self, timeout: float | None = 5.0) -> dict[str, dict[str, int]]:
         """A snapshot of the per-layer counters, taken on the stack thread; any thread."""
-        stack = self.stack
-        if stack is None:
+        return self.call(lambda: self._running_stack().counters.snapshot(), timeout=timeout)
+
+    def _running_stack(self) -> Stack:
+        if self.stack is None:
             raise RuntimeStopped("usocket runtime is not running")
-        return self.call(stack.counters.snapshot, timeout=timeout)
+        return self.stack
 
     # -- descriptors watched by the stack thread ---------------------------------------------------
     def watch(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
