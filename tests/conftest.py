@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +169,15 @@ def facade_runtime(runtime: Any) -> Iterator[Any]:
         yield runtime
     finally:
         set_runtime(prev)
+
+
+@pytest.fixture(scope="module", params=["shared", "own"])
+def runner(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A :class:`usocket.lab.run.LabRunner` (examples run hijacked in its client namespace), one
+    lab per mode for the whole module; its teardown must leave nothing behind."""
+    from usocket.lab.run import LabRunner
+
+    with LabRunner(request.param, cwd=str(Path(__file__).resolve().parent.parent)) as r:
+        yield r
+    assert r.leftovers == []
+    assert Lab.leftovers(os.getpid()) == []

@@ -65,3 +65,13 @@ def popen_hijacked(lab: Lab, mode: str, args: list[str], *, opts: list[str] | No
 def usocket_rules(lab: Lab) -> list[str]:
     """usocket's diversion rules and chains in the client namespace (none must outlive a run)."""
     return lab.foreign_rules(lab.client_ns)
+
+
+def example(runner: Any, name: str, *args: str, **kw: Any) -> Any:
+    """Run ``examples/<name>`` hijacked with a ``LabRunner``; assert the run was clean on the
+    stack's side. The ``RunResult``."""
+    result = runner.run([f"examples/{name}", *args], timeout=60, **kw)
+    assert result.returncode == 0, result.output
+    assert result.rejected == 0, "the client's kernel sent TCP/UDP itself"
+    assert result.leftover_rules == []
+    return result

@@ -18,10 +18,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hijack_helpers import example
 
 from usocket.lab import Lab
 from usocket.lab.run import LabRunner, RunResult, format_command, port_in_command, stack_ip
@@ -33,22 +33,6 @@ EXAMPLES = ROOT / "examples"
 LINE = re.compile(r"^(\d{3}) (\d+) ([0-9a-f]{64}) (\S+)$", re.MULTILINE)  # "<status> <size> <sha256> <url>"
 
 
-@pytest.fixture(scope="module", params=["shared", "own"])
-def runner(request: pytest.FixtureRequest) -> Iterator[LabRunner]:
-    """One lab per mode for the whole module; its teardown must leave nothing behind."""
-    with LabRunner(request.param, cwd=str(ROOT)) as r:
-        yield r
-    assert r.leftovers == []
-    assert Lab.leftovers(os.getpid()) == []
-
-
-def example(runner: LabRunner, name: str, *args: str, **kw: object) -> RunResult:
-    """Run ``examples/<name>`` hijacked; assert the run was clean on the stack's side."""
-    result = runner.run([f"examples/{name}", *args], timeout=60, **kw)  # type: ignore[arg-type]
-    assert result.returncode == 0, result.output
-    assert result.rejected == 0, "the client's kernel sent TCP/UDP itself"
-    assert result.leftover_rules == []
-    return result
 
 
 def fetched(result: RunResult) -> dict[str, tuple[int, int, str]]:

@@ -8,36 +8,20 @@ the kernel's echo server reassembled from odd fragments.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hijack_helpers import example
 
-from usocket.lab import Lab
 from usocket.lab.run import LabRunner, RunResult
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", params=["shared", "own"])
-def runner(request: pytest.FixtureRequest) -> Iterator[LabRunner]:
-    """As in test_examples.py: one lab per mode; its teardown must leave nothing behind."""
-    with LabRunner(request.param, cwd=str(ROOT)) as r:
-        yield r
-    assert r.leftovers == [] and Lab.leftovers(os.getpid()) == []
-
-
-def run(runner: LabRunner, args: list[str], **kw: object) -> RunResult:
-    result = runner.run(args, timeout=60, **kw)  # type: ignore[arg-type]
-    assert result.returncode == 0, result.output
-    assert result.rejected == 0, "the client's kernel sent TCP/UDP itself"
-    assert result.leftover_rules == []
-    return result
 
 
 def peer_output(result: RunResult) -> str:
@@ -45,8 +29,8 @@ def peer_output(result: RunResult) -> str:
 
 
 def test_echo_server_as_callback_applications(runner: LabRunner) -> None:
-    result = run(runner, ["examples/hack_echo_app.py", "7007"],
-                 peers=["python3 examples/peer_check.py echo {client_ip}:7007 300000"])
+    result = example(runner, "hack_echo_app.py", "7007",
+                     peers=["python3 examples/peer_check.py echo {client_ip}:7007 300000"])
     out = peer_output(result)
     assert "tcp echo ok: 300000 bytes" in out and "udp echo ok" in out, result.output
     served = re.search(r"served: tcp_connections=(\d+) tcp_bytes=(\d+) udp_datagrams=(\d+)", result.stdout)
@@ -57,8 +41,8 @@ def test_echo_server_as_callback_applications(runner: LabRunner) -> None:
 
 def test_fixed_isn_server_seen_by_the_peer_and_in_the_stacks_pcap(runner: LabRunner, tmp_path: Path) -> None:
     pcap = tmp_path / "isn.pcap"
-    result = run(runner, ["examples/hack_fixed_isn.py", "7008", "0x0badf00d"], hijack_opts=[f"--pcap={pcap}"],
-                 peers=["python3 examples/peer_check.py synack {client_ip}:7008 3"])
+    result = example(runner, "hack_fixed_isn.py", "7008", "0x0badf00d", hijack_opts=[f"--pcap={pcap}"],
+                     peers=["python3 examples/peer_check.py synack {client_ip}:7008 3"])
     seqs = re.findall(r"SYN-ACK from [\d.]+:7008: seq=(0x[0-9a-f]{8})", peer_output(result))
     assert seqs == ["0x0badf00d"] * 3, result.output
     fields = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp.flags.syn==1 && tcp.flags.ack==1",
@@ -69,7 +53,7 @@ def test_fixed_isn_server_seen_by_the_peer_and_in_the_stacks_pcap(runner: LabRun
 
 @pytest.mark.skipif(shutil.which("p0f") is None, reason="p0f is not installed (apt-get install p0f)")
 def test_os_personalities_fool_p0f(runner: LabRunner) -> None:
-    result = run(runner, ["examples/hack_personality.py", "linux", "macos", "windows"])
+    result = example(runner, "hack_personality.py", "linux", "macos", "windows")
     verdicts = dict(re.findall(r"^(\w+): p0f says os=([^\n]*?) raw_sig=", result.stdout, re.MULTILINE))
     assert verdicts == {"linux": "Linux 3.11 and newer",
                         "macos": "MacOS X 10.9 or newer (sometimes iPhone or iPad)",
@@ -78,13 +62,13 @@ def test_os_personalities_fool_p0f(runner: LabRunner) -> None:
 
 
 def test_os_personalities_without_p0f_print_the_syns_values(runner: LabRunner) -> None:
-    result = run(runner, ["examples/hack_personality.py", "--no-p0f", "windows", "linux"])
+    result = example(runner, "hack_personality.py", "--no-p0f", "windows", "linux")
     assert "windows: SYN ttl=128 window=8192 (no p0f) (echo ok)" in result.stdout, result.output
     assert "linux: SYN ttl=64 window=29200 (no p0f) (echo ok)" in result.stdout, result.output
 
 
 def test_what_linux_reassembles_from_odd_fragments(runner: LabRunner) -> None:
-    result = run(runner, ["examples/hack_fragments.py"])
+    result = example(runner, "hack_fragments.py")
     lines = {line.split("[")[0].strip(): line.split("->")[-1].strip() for line in result.stdout.splitlines()
              if "->" in line}
     whole = "echoed AAAAAAAABBBBBBBBCCCCCCCCDDDDDDDDEEEEEEEE"
